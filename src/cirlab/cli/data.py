@@ -1,0 +1,70 @@
+"""`cirlab data css` (generate the embedded CSS benchmark) and `cirlab data stats` (check a download)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from cirlab.cli._options import parse_key_values, print_json_line
+from cirlab.datasets import DATASETS, build_dataset
+from cirlab.utils.errors import CirlabError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="generate the synthetic CSS set, or count a dataset on disk")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True, parser_class=type(p))
+    css = dsub.add_parser("css", help="generate the CSS-style benchmark in TIRG's CSS3D format")
+    css.add_argument("--out", type=Path, required=True)
+    css.add_argument("--seed", type=int, default=None)
+    css.add_argument("--train-images", type=int, default=None)
+    css.add_argument("--test-images", type=int, default=None)
+    css.add_argument("--image-size", type=int, default=None)
+    css.add_argument("--paper-scale", action="store_true", help="about 19K images and 16K queries per split")
+    css.set_defaults(handler=run_css)
+    stats = dsub.add_parser("stats", help="pairs, queries, gallery and missing images per split")
+    stats.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS.names())}")
+    stats.add_argument("--data-root", required=True)
+    stats.add_argument("--split", action="append", help="split(s) to count (default: the dataset's)")
+    stats.add_argument("--dataset-option", action="append", metavar="KEY=VALUE")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(handler=run_stats)
+
+
+def run_css(args: argparse.Namespace) -> int:
+    from cirlab.datasets.css_synth import PAPER_SCALE, CSSSynthConfig, generate_css
+
+    base = PAPER_SCALE if args.paper_scale else CSSSynthConfig()
+    changes = {k: v for k, v in (("seed", args.seed), ("train_images", args.train_images),
+                                 ("test_images", args.test_images), ("image_size", args.image_size)) if v is not None}
+    for key in ("train_images", "test_images", "image_size"):
+        if key in changes and changes[key] <= 0:
+            raise CirlabError(f"--{key.replace('_', '-')} must be positive")
+    config = dataclasses.replace(base, **changes)
+    path = generate_css(args.out, config)
+    print(f"CSS benchmark written: {path}")
+    return 0
+
+
+def dataset_stats(name: str, root: str, splits: list[str] | None, options: dict[str, Any]) -> dict[str, Any]:
+    cls = DATASETS.get(name)
+    out: dict[str, Any] = {"dataset": name, "data_root": root, "splits": {}}
+    for split in splits or list(getattr(cls, "splits", ("train", "test"))):
+        out["splits"][split] = build_dataset(name, root, split, **options).stats()
+    return out
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    options = parse_key_values(args.dataset_option, "--dataset-option")
+    result = dataset_stats(args.dataset, args.data_root, args.split, options)
+    if args.json:
+        print_json_line(result)
+        return 0
+    print(f"{args.dataset} at {args.data_root}")
+    for split, stats in result["splits"].items():
+        flat = {k: v for k, v in stats.items() if not isinstance(v, dict)}
+        print(f"  {split}: " + ", ".join(f"{k}={v}" for k, v in flat.items()))
+        for sub_name, sub in ((k, v) for k, v in stats.items() if isinstance(v, dict)):
+            print(f"    {sub_name}: " + ", ".join(f"{k}={v}" for k, v in sub.items()))
+    return 0

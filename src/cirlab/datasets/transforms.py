@@ -1,0 +1,76 @@
+"""Image preprocessing in plain PIL + PyTorch (torchvision is not required anywhere)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """uint8 HxWx3 PIL image -> float CxHxW tensor in [0, 1]."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def target_pad(img: Image.Image, ratio: float = 1.25) -> Image.Image:
+    """CLIP4Cir's 'target pad': pad a non-square image to a square when its aspect ratio exceeds `ratio`."""
+    w, h = img.size
+    if max(w, h) / min(w, h) < ratio:
+        return img
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), (0, 0, 0))
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+@dataclass
+class ImageTransform:
+    """Resize (shorter side) -> crop (random when training) -> optional flip -> normalise.
+
+    `size=0` keeps the image as it is (CSS images are already at their training size).
+    """
+
+    size: int = 224
+    train: bool = False
+    flip: bool = True
+    pad: str = "none"  # "none" | "target_pad" | "square_pad"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if self.pad == "target_pad":
+            img = target_pad(img)
+        elif self.pad == "square_pad":
+            img = target_pad(img, ratio=1.0)
+        if self.size:
+            img = self._resize_crop(img, rng)
+        x = pil_to_tensor(img)
+        if self.train and self.flip and rng is not None and rng.random() < 0.5:
+            x = x.flip(-1)
+        return normalize(x, self.mean, self.std)
+
+    def _resize_crop(self, img: Image.Image, rng: np.random.Generator | None) -> Image.Image:
+        w, h = img.size
+        scale = self.size / min(w, h)
+        if self.train:
+            scale *= 1.14  # TIRG/CLIP-style: resize a little larger, then crop randomly
+        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        img = img.resize((nw, nh), Image.BICUBIC)
+        if self.train and rng is not None:
+            left = int(rng.integers(0, nw - self.size + 1))
+            top = int(rng.integers(0, nh - self.size + 1))
+        else:
+            left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        return img.crop((left, top, left + self.size, top + self.size))
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return (x - m) / s

@@ -1,0 +1,77 @@
+"""Encoder contracts and registries: image encoders give maps and vectors, text encoders give vectors
+(and, where they can, per-token features). Both are built from a name plus an `EncoderSpec`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cirlab.utils.registry import Registry
+
+
+@dataclass
+class EncoderSpec:
+    """What an encoder factory needs: output size, optional weights, and free-form options."""
+
+    out_dim: int = 512
+    weights: str = ""  # local state-dict / model path; never a URL
+    pretrained: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class ImageEncoder(nn.Module):
+    """A convolutional (or transformer) trunk plus global pooling and a linear projection to `out_dim`."""
+
+    out_dim: int
+    map_channels: int
+    #: Mean/std the trunk expects; preprocessing reads them from here.
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def forward_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Last feature map, (B, map_channels, h, w)."""
+        raise NotImplementedError
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Global pooling + projection of a feature map to (B, out_dim)."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_map(images))
+
+    def stage_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of every stage, shallow to deep (multi-stage models such as CRN use them)."""
+        return [self.forward_map(images)]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters that get the backbone learning-rate multiplier (the trunk, not the projection)."""
+        return list(self.parameters())
+
+
+class TextEncoder(nn.Module):
+    """Maps a batch of strings to (B, out_dim); may expose per-token features for attention models."""
+
+    out_dim: int
+    token_dim: int = 0
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, token_dim) features and a (B, L) bool mask of real tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose token features")
+
+    def save_assets(self, run_dir: Path) -> None:
+        """Write what rebuilding this encoder needs besides the weights (a vocabulary, a tokenizer)."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able options needed to rebuild the same shapes (saved into config.json)."""
+        return {}
+
+
+IMAGE_ENCODERS: Registry = Registry("image encoder")
+TEXT_ENCODERS: Registry = Registry("text encoder")

@@ -1,0 +1,91 @@
+"""Dataset-agnostic evaluation: encode each needed image once, compose queries, score every EvalSet.
+
+The protocol lives in the dataset's `EvalSet`s (labels, exclusions, candidate subsets); nothing here
+knows which benchmark it is looking at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cirlab.datasets import CIRDataset, EvalSet
+from cirlab.evaluation.recall import first_hit_ranks, recall_from_ranks, subset_ranks
+from cirlab.models import CompositionModel
+
+ImageTransformFn = Callable[..., torch.Tensor]
+
+
+def load_batch(dataset: CIRDataset, indices: Sequence[int], transform: ImageTransformFn) -> torch.Tensor:
+    return torch.stack([transform(dataset.load_image(int(i))) for i in indices])
+
+
+@torch.no_grad()
+def encode_gallery(model: CompositionModel, dataset: CIRDataset, indices: Sequence[int],
+                   transform: ImageTransformFn, batch_size: int = 128, progress: bool = True,
+                   desc: str = "gallery") -> torch.Tensor:
+    """L2-normalised target embeddings of `indices`, (N, D), encoded in batches."""
+    model.eval()
+    out = []
+    for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = load_batch(dataset, indices[start:start + batch_size], transform)
+        out.append(F.normalize(model.embed_target(batch), dim=-1))
+    return torch.cat(out) if out else torch.empty(0, model.embed_dim)
+
+
+@torch.no_grad()
+def encode_queries(model: CompositionModel, dataset: CIRDataset, images: Sequence[int], texts: Sequence[str],
+                   transform: ImageTransformFn, batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+    """L2-normalised composed query embeddings, (Q, D)."""
+    model.eval()
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc="queries", disable=not progress, leave=False):
+        batch = load_batch(dataset, images[start:start + batch_size], transform)
+        out.append(F.normalize(model.compose(batch, list(texts[start:start + batch_size])), dim=-1))
+    return torch.cat(out) if out else torch.empty(0, model.embed_dim)
+
+
+def score_eval_set(eval_set: EvalSet, query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> dict[str, float]:
+    """Recall@K for every label kind (the first is the primary 'recall@K'), plus subset recall if defined."""
+    ranks = first_hit_ranks(query_feats, gallery_feats, eval_set.query_labels, eval_set.gallery_labels,
+                            eval_set.exclude)
+    metrics: dict[str, float] = {}
+    for i, (kind, r) in enumerate(ranks.items()):
+        prefix = "" if i == 0 else f"{kind}_"
+        for k, value in recall_from_ranks(r, eval_set.ks).items():
+            metrics[f"{prefix}recall@{k}"] = value
+    if eval_set.candidates is not None:
+        primary = next(iter(eval_set.query_labels))
+        g_labels = np.asarray(eval_set.gallery_labels[primary])
+        q_labels = np.asarray(eval_set.query_labels[primary])
+        targets = np.array([
+            next((int(c) for c in cand if g_labels[c] == q_labels[q]), -1)
+            for q, cand in enumerate(eval_set.candidates)])
+        sub = subset_ranks(query_feats, gallery_feats, eval_set.candidates, targets)
+        for k, value in recall_from_ranks(sub, eval_set.subset_ks).items():
+            metrics[f"recall_subset@{k}"] = value
+    return metrics
+
+
+def evaluate_dataset(model: CompositionModel, dataset: CIRDataset, transform: ImageTransformFn,
+                     batch_size: int = 128, progress: bool = True) -> dict[str, Any]:
+    """Evaluate on every EvalSet of `dataset`; returns headline metrics, per-set metrics and counts."""
+    sets = dataset.eval_sets()
+    needed = sorted({int(i) for s in sets for i in s.gallery_images})
+    feats = encode_gallery(model, dataset, needed, transform, batch_size, progress)
+    row = {img: r for r, img in enumerate(needed)}
+    per_set: dict[str, dict[str, float]] = {}
+    queries = gallery = 0
+    for s in sets:
+        q = encode_queries(model, dataset, s.query_images, s.query_texts, transform, batch_size, progress)
+        g = feats[torch.as_tensor([row[int(i)] for i in s.gallery_images], dtype=torch.long)]
+        per_set[s.name] = score_eval_set(s, q, g)
+        queries += s.num_queries
+        gallery += len(s.gallery_images)
+    return {"metrics": dataset.summarize(per_set), "per_set": per_set, "queries": queries, "gallery": gallery,
+            "protocol": "; ".join(dict.fromkeys(s.protocol for s in sets if s.protocol))}

@@ -1,0 +1,6 @@
+"""Base retrieval losses on (scaled, normalised) query and target features, behind the LOSSES registry."""
+
+from cirlab.losses.base import LOSSES
+from cirlab.losses import batch_classification, soft_triplet  # noqa: F401  (registrations)
+
+__all__ = ["LOSSES"]

@@ -1,0 +1,193 @@
+"""The training loop: deterministic batches, step decay, checkpoints, resume, TensorBoard, Ctrl-C.
+
+Batch i is a pure function of (seed, i): its pairs and augmentations come from
+`np.random.default_rng([seed, i])`. The sampler position is therefore the iteration number, and a run
+resumed from a checkpoint (which also restores the optimiser and torch's RNG for dropout) ends with the
+same weights as the run never interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cirlab.datasets import CIRDataset
+from cirlab.datasets.transforms import ImageTransform
+from cirlab.losses import LOSSES
+from cirlab.models import CompositionModel, build_model
+from cirlab.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from cirlab.training.config import TrainConfig
+from cirlab.training.run_dir import METRICS_FILE, make_transform, open_dataset, save_config, save_model
+from cirlab.utils.errors import CirlabError
+from cirlab.utils.io import write_json_atomic
+
+EvalFn = Callable[[CompositionModel], dict[str, Any]]
+
+
+class PairBatches(Dataset):
+    """Item i = batch i: (source images, texts, target images), drawn with rng([seed, i])."""
+
+    def __init__(self, dataset: CIRDataset, transform: ImageTransform, batch_size: int, seed: int) -> None:
+        self.dataset, self.transform, self.batch_size, self.seed = dataset, transform, batch_size, seed
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        rng = np.random.default_rng([self.seed, i])
+        pairs = self.dataset.sample_pairs(rng, self.batch_size)
+        src = torch.stack([self.transform(self.dataset.load_image(p.source), rng) for p in pairs])
+        tgt = torch.stack([self.transform(self.dataset.load_image(p.target), rng) for p in pairs])
+        return src, [p.text for p in pairs], tgt
+
+
+def make_optimizer(config: TrainConfig, model: CompositionModel) -> torch.optim.Optimizer:
+    groups = model.parameter_groups(config.lr, config.backbone_lr_mult)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
+    raise CirlabError(f"unknown --optimizer {config.optimizer!r}; choose from: adam, adamw, sgd")
+
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """Step decay: lr * decay^(iteration // decay_every)."""
+    if config.lr_decay_every <= 0:
+        return config.lr
+    return config.lr * config.lr_decay ** (iteration // config.lr_decay_every)
+
+
+class Trainer:
+    """Trains one run directory; `evaluate` (optional) is called every `eval_every` iterations and at the end."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, evaluate: EvalFn | None = None,
+                 progress: bool = True) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.evaluate = evaluate
+        self.progress = progress
+        self._stop_requested = False
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def setup(self, resume: bool) -> None:
+        cfg = self.config
+        LOSSES.get(cfg.loss)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dataset = open_dataset(cfg, cfg.train_split)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, texts=self.dataset.train_texts(), assets_dir=self.run_dir if resume
+                                 else None)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.start_iter, self.history, self.elapsed = 0, [], 0.0
+        if resume and has_checkpoint(self.run_dir):
+            meta = load_checkpoint(self.run_dir, self.model, self.optimizer)
+            self.start_iter, self.history = int(meta["iteration"]), list(meta.get("history", []))
+            self.elapsed = float(meta.get("elapsed_s", 0.0))
+        else:
+            save_config(self.run_dir, cfg)
+            self.model.text_encoder.save_assets(self.run_dir)
+
+    def checkpoint(self, iteration: int) -> None:
+        save_checkpoint(self.run_dir, self.model, self.optimizer, iteration,
+                        {"history": self.history, "elapsed_s": self.elapsed})
+        save_model(self.run_dir, self.model)
+
+    def run_eval(self, iteration: int, writer: Any) -> dict[str, Any] | None:
+        if self.evaluate is None:
+            return None
+        rng = torch.get_rng_state()
+        result = self.evaluate(self.model)
+        torch.set_rng_state(rng)
+        self.model.train()
+        entry = {"iteration": iteration, "eval": result["metrics"]}
+        self.history.append(entry)
+        for k, v in result["metrics"].items():
+            writer.add_scalar(f"eval/{k}", v, iteration)
+        return result
+
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        """Run to `config.iters` (or the time budget); returns a summary with the final evaluation."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.setup(resume)
+        cfg = self.config
+        loss_fn = LOSSES.get(cfg.loss)
+        transform = make_transform(cfg, self.model, train=True)
+        batches = PairBatches(self.dataset, transform, cfg.batch_size, cfg.seed)
+        loader = DataLoader(batches, batch_size=None, sampler=range(self.start_iter, cfg.iters),
+                            num_workers=cfg.workers, persistent_workers=False)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_iter or None)
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        self.model.train()
+        iteration = self.start_iter
+        interrupted = False
+        started = time.perf_counter() - self.elapsed
+        bar = tqdm(total=cfg.iters, initial=self.start_iter, desc=f"train {cfg.model.name}", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            for src, texts, tgt in loader:
+                lr = learning_rate(cfg, iteration)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_mult", 1.0)
+                terms = self.model.training_losses(self.model.encode_image(src), self.model.encode_text(texts),
+                                                   self.model.encode_image(tgt), loss_fn)
+                loss = self.model.total_loss(terms)
+                if not torch.isfinite(loss):
+                    raise CirlabError(f"loss became {loss.item()} at iteration {iteration}; lower --lr")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                iteration += 1
+                self.elapsed = time.perf_counter() - started
+                bar.update(1)
+                if iteration % cfg.log_every == 0 or iteration == cfg.iters:
+                    values = {k: float(v.detach()) for k, v in terms.items()}
+                    bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{iteration * cfg.batch_size / max(self.elapsed, 1e-9):.0f}")
+                    writer.add_scalar("train/loss", loss.item(), iteration)
+                    writer.add_scalar("train/lr", lr, iteration)
+                    writer.add_scalar("train/norm_scale", float(self.model.norm_scale), iteration)
+                    for k, v in values.items():
+                        writer.add_scalar(f"train/{k}", v, iteration)
+                    self.history.append({"iteration": iteration, "loss": loss.item(), **values,
+                                         "elapsed_s": round(self.elapsed, 2)})
+                if cfg.eval_every and iteration % cfg.eval_every == 0 and iteration < cfg.iters:
+                    self.run_eval(iteration, writer)
+                if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0:
+                    self.checkpoint(iteration)
+                if self._stop_requested:
+                    interrupted = True
+                    break
+                if cfg.minutes and self.elapsed > cfg.minutes * 60:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+            signal.signal(signal.SIGINT, previous)
+        self.checkpoint(iteration)
+        summary: dict[str, Any] = {"iterations": iteration, "train_seconds": round(self.elapsed, 1),
+                                   "interrupted": interrupted}
+        if not interrupted:
+            result = self.run_eval(iteration, writer)
+            if result is not None:
+                summary.update(result)
+                self.checkpoint(iteration)
+        writer.close()
+        write_json_atomic(self.run_dir / METRICS_FILE, {**summary, "history": self.history})
+        return summary
+

@@ -1,0 +1,1 @@
+"""Shared plumbing every layer may import: errors, registries, atomic file writes."""
