@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cirlab.cli._options import print_json_line
+from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.evaluation import evaluate_run
 from cirlab.utils.io import write_json_atomic
 
@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
     p.add_argument("--data-root", default=None, help="dataset location, if it moved since training")
+    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE",
+                   help="override a dataset option of the run (e.g. gallery_protocol=val-union)")
+    p.add_argument("--skip-missing", action="store_true", help="drop queries whose images are missing")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.set_defaults(handler=run)
 
@@ -31,7 +34,11 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_run(args.run_dir, args.split, args.data_root, progress=not args.json)
+    options = parse_key_values(args.dataset_option, "--dataset-option")
+    if args.skip_missing:
+        options["skip_missing"] = True
+    result = evaluate_run(args.run_dir, args.split, args.data_root, progress=not args.json,
+                          dataset_options=options)
     write_json_atomic(args.run_dir / f"eval_{result['split']}.json", result)
     if args.json:
         print_json_line({k: v for k, v in result.items() if k != "per_set"} | {"per_set": result["per_set"]})

@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=DEFAULTS.dataset, help=f"dataset ({', '.join(DATASETS.names())})")
     p.add_argument("--data-root", "--dataset_path", dest="data_root", default=DEFAULTS.data_root)
     p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset-specific option")
+    p.add_argument("--skip-missing", action="store_true", help="drop pairs/queries whose images are missing")
     add_model_arguments(p)
     p.add_argument("--loss", default=DEFAULTS.loss, help=f"base loss ({', '.join(LOSSES.names())})")
     p.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=["sgd", "adam", "adamw"])
@@ -64,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=DEFAULTS.workers, help="data-loading worker processes")
     p.add_argument("--image-size", type=int, default=0, help="input side length (0: dataset default)")
     p.add_argument("--pad", default="none", choices=["none", "target_pad", "square_pad"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this much training time")
     p.add_argument("--eval-split", default=None, help="split evaluated during/after training")
     p.add_argument("--out", default=None, type=Path, help="run directory (default: LOG_DIR/<time>_<comment>)")
@@ -98,13 +100,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise CirlabError("--lr must be positive")
     return TrainConfig(
         dataset=args.dataset, data_root=str(args.data_root),
-        dataset_options=parse_key_values(args.dataset_option, "--dataset-option"),
+        dataset_options=dataset_options_from_args(args),
         eval_split=args.eval_split or DEFAULTS.eval_split, model=model_config_from_args(args), loss=args.loss,
         optimizer=args.optimizer, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
         lr_decay_every=args.lr_decay_every, lr_decay=args.lr_decay, momentum=args.momentum,
         weight_decay=args.weight_decay, backbone_lr_mult=args.backbone_lr_mult, grad_clip=args.grad_clip,
         seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, workers=args.workers,
-        image_size=args.image_size, pad=args.pad, minutes=args.minutes, comment=args.comment)
+        image_size=args.image_size, pad=args.pad, minutes=args.minutes, comment=args.comment, device=args.device)
+
+
+def dataset_options_from_args(args: argparse.Namespace) -> dict:
+    options = parse_key_values(args.dataset_option, "--dataset-option")
+    if getattr(args, "skip_missing", False):
+        options["skip_missing"] = True
+    return options
 
 
 def run_dir_from_args(args: argparse.Namespace) -> Path:

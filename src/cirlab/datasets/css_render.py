@@ -87,7 +87,7 @@ def _render_antialiased(objects: Iterable[Mapping[str, Any]], size: int) -> Imag
             draw.polygon([(x, y - s), (x + s, y + s), (x - s, y + s)], fill=color)
         else:
             raise ValueError(f"unknown CSS shape {shape!r}")
-    return canvas.resize((size, size), Image.Resampling.LANCZOS)
+    return canvas.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
 
 
 def render_scene(objects: Iterable[Mapping[str, Any]], image_size: int = 64) -> Image.Image:

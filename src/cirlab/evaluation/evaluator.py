@@ -21,8 +21,14 @@ from cirlab.models import CompositionModel
 ImageTransformFn = Callable[..., torch.Tensor]
 
 
-def load_batch(dataset: CIRDataset, indices: Sequence[int], transform: ImageTransformFn) -> torch.Tensor:
-    return torch.stack([transform(dataset.load_image(int(i))) for i in indices])
+def load_batch(dataset: CIRDataset, indices: Sequence[int], transform: ImageTransformFn,
+               device: torch.device | None = None) -> torch.Tensor:
+    batch = torch.stack([transform(dataset.load_image(int(i))) for i in indices])
+    return batch if device is None else batch.to(device)
+
+
+def model_device(model: CompositionModel) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -33,8 +39,8 @@ def encode_gallery(model: CompositionModel, dataset: CIRDataset, indices: Sequen
     model.eval()
     out = []
     for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = load_batch(dataset, indices[start:start + batch_size], transform)
-        out.append(F.normalize(model.embed_target(batch), dim=-1))
+        batch = load_batch(dataset, indices[start:start + batch_size], transform, model_device(model))
+        out.append(F.normalize(model.embed_target(batch), dim=-1).float().cpu())
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
 
@@ -45,8 +51,8 @@ def encode_queries(model: CompositionModel, dataset: CIRDataset, images: Sequenc
     model.eval()
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="queries", disable=not progress, leave=False):
-        batch = load_batch(dataset, images[start:start + batch_size], transform)
-        out.append(F.normalize(model.compose(batch, list(texts[start:start + batch_size])), dim=-1))
+        batch = load_batch(dataset, images[start:start + batch_size], transform, model_device(model))
+        out.append(F.normalize(model.compose(batch, list(texts[start:start + batch_size])), dim=-1).float().cpu())
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
 

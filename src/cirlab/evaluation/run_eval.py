@@ -8,7 +8,7 @@ from typing import Any
 from cirlab.evaluation.evaluator import evaluate_dataset
 from cirlab.models import CompositionModel
 from cirlab.training import TrainConfig, load_model, make_transform, open_dataset
-from cirlab.training.trainer import EvalFn
+from cirlab.training.trainer import EvalFn, resolve_device
 
 
 def make_eval_fn(config: TrainConfig, split: str | None = None, progress: bool = True) -> EvalFn:
@@ -25,9 +25,15 @@ def make_eval_fn(config: TrainConfig, split: str | None = None, progress: bool =
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, data_root: str | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """Load a run and evaluate it; returns {"dataset", "split", "model", "queries", "gallery", metrics...}."""
+                 progress: bool = True, dataset_options: dict[str, Any] | None = None,
+                 device: str = "cpu") -> dict[str, Any]:
+    """Load a run and evaluate it; returns {"dataset", "split", "model", "queries", "gallery", metrics...}.
+
+    `dataset_options` override the run's saved ones (e.g. another gallery protocol)."""
     model, config = load_model(run_dir)
+    model.to(resolve_device(device))
+    if dataset_options:
+        config.dataset_options = {**config.dataset_options, **dataset_options}
     split = split or config.eval_split
     dataset = open_dataset(config, split, data_root)
     result = evaluate_dataset(model, dataset, make_transform(config, model, train=False), config.eval_batch_size,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cirlab.models.base import MODELS, CompositionModel, ModelConfig
 from cirlab.encoders import ImageEncoder, TextEncoder
+from cirlab.models.base import MODELS, CompositionModel, ModelConfig
 
 
 @MODELS.register("imgonly")

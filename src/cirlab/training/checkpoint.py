@@ -14,7 +14,13 @@ from typing import Any
 import torch
 
 from cirlab.utils.errors import CirlabError
-from cirlab.utils.io import load_tensors, read_json, replace_dir_atomic, save_tensors_atomic, write_json_atomic
+from cirlab.utils.io import (
+    load_tensors,
+    read_json,
+    replace_dir_atomic,
+    save_tensors_atomic,
+    write_json_atomic,
+)
 
 CHECKPOINT_DIR = "checkpoint"
 

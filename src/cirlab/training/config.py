@@ -39,6 +39,7 @@ class TrainConfig:
     pad: str = "none"  # "none" | "target_pad" | "square_pad"
     minutes: float = 0.0  # wall-clock budget; 0: none
     eval_batch_size: int = 128
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     comment: str = ""
 
     def to_dict(self) -> dict[str, Any]:

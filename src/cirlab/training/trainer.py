@@ -49,6 +49,18 @@ class PairBatches(Dataset):
         return src, [p.text for p in pairs], tgt
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; an unavailable CUDA request is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CirlabError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CirlabError(f"unknown --device {name!r}") from None
+
+
 def make_optimizer(config: TrainConfig, model: CompositionModel) -> torch.optim.Optimizer:
     groups = model.parameter_groups(config.lr, config.backbone_lr_mult)
     if config.optimizer == "sgd":
@@ -75,6 +87,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.evaluate = evaluate
         self.progress = progress
+        self.device = resolve_device(config.device)
         self._stop_requested = False
 
     def _request_stop(self, signum: int, frame: Any) -> None:
@@ -89,7 +102,7 @@ class Trainer:
         self.dataset = open_dataset(cfg, cfg.train_split)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, texts=self.dataset.train_texts(), assets_dir=self.run_dir if resume
-                                 else None)
+                                 else None).to(self.device)
         self.optimizer = make_optimizer(cfg, self.model)
         self.start_iter, self.history, self.elapsed = 0, [], 0.0
         if resume and has_checkpoint(self.run_dir):
@@ -139,6 +152,7 @@ class Trainer:
                    dynamic_ncols=True)
         try:
             for src, texts, tgt in loader:
+                src, tgt = src.to(self.device, non_blocking=True), tgt.to(self.device, non_blocking=True)
                 lr = learning_rate(cfg, iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_mult", 1.0)
