@@ -42,8 +42,8 @@ def first_hit_ranks(queries: torch.Tensor, gallery: torch.Tensor, query_labels: 
             best = torch.where(relevant, scores, torch.full_like(scores, -torch.inf)).max(dim=1).values
             tied = relevant & (scores == best[:, None])
             best_pos = torch.where(tied, positions[None, :], ng).min(dim=1).values
-            ahead = (scores > best[:, None]).sum(1) + ((scores == best[:, None]) & (positions[None, :] < best_pos[:, None])
-                                                       & torch.isfinite(scores)).sum(1)
+            earlier_tie = (scores == best[:, None]) & (positions[None, :] < best_pos[:, None]) & torch.isfinite(scores)
+            ahead = (scores > best[:, None]).sum(1) + earlier_tie.sum(1)
             ahead[~relevant.any(1)] = -1
             out[kind][start:stop] = ahead.numpy()
     return out

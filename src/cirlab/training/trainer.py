@@ -148,6 +148,7 @@ class Trainer:
         iteration = self.start_iter
         interrupted = False
         started = time.perf_counter() - self.elapsed
+        t0 = time.perf_counter()
         bar = tqdm(total=cfg.iters, initial=self.start_iter, desc=f"train {cfg.model.name}", disable=not self.progress,
                    dynamic_ncols=True)
         try:
@@ -171,7 +172,8 @@ class Trainer:
                 bar.update(1)
                 if iteration % cfg.log_every == 0 or iteration == cfg.iters:
                     values = {k: float(v.detach()) for k, v in terms.items()}
-                    bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{iteration * cfg.batch_size / max(self.elapsed, 1e-9):.0f}")
+                    speed = (iteration - self.start_iter) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{speed:.0f}")
                     writer.add_scalar("train/loss", loss.item(), iteration)
                     writer.add_scalar("train/lr", lr, iteration)
                     writer.add_scalar("train/norm_scale", float(self.model.norm_scale), iteration)
