@@ -41,7 +41,8 @@ def main() -> int:
     ap.add_argument("--extra", default="", help="extra flags for every run")
     args = ap.parse_args()
     names = args.configs.split(",")
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("SWEEP_THREADS", "1"), PYTHONUNBUFFERED="1")
+    args.out.mkdir(parents=True, exist_ok=True)
     pending, running = list(names), []
     while pending or running:
         while pending and len(running) < args.parallel:
@@ -49,7 +50,7 @@ def main() -> int:
             cmd = [sys.executable, "-m", "cirlab.cli.main", "train", "--data-root", str(args.data),
                    "--out", str(args.out / name), "--iters", str(args.iters), "--eval-every", str(args.eval_every),
                    "--checkpoint-every", "0", "--device", args.device, *CONFIGS[name], *args.extra.split()]
-            log = open(args.out / f"{name}.log", "w") if args.out.mkdir(parents=True, exist_ok=True) is None else None
+            log = open(args.out / f"{name}.log", "w")  # noqa: SIM115  (closed when the process ends)
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
         name, proc = running.pop(0)
         proc.wait()

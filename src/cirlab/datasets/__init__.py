@@ -1,6 +1,6 @@
 """Datasets: each benchmark is one registered `CIRDataset` that owns its pairs, queries and protocol."""
 
-from cirlab.datasets import css  # noqa: F401  (registers "css")
+from cirlab.datasets import cirr, css, fashion200k, fashioniq, mitstates, shoes  # noqa: F401  (registrations)
 from cirlab.datasets.base import DATASETS, CIRDataset, EvalSet, TrainPair, build_dataset, load_rgb
 
 __all__ = ["DATASETS", "CIRDataset", "EvalSet", "TrainPair", "build_dataset", "load_rgb"]

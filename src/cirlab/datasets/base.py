@@ -69,6 +69,9 @@ class CIRDataset:
     train_augment: ClassVar[bool] = True
     #: Horizontal flips are label-preserving (false when texts say "left"/"right").
     flip_ok: ClassVar[bool] = True
+    #: The splits `cirlab data stats` counts, and the split with public targets to evaluate on.
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    eval_split: ClassVar[str] = "test"
 
     def __init__(self, root: str | Path, split: str, **options: Any) -> None:
         self.root = Path(root)

@@ -1,0 +1,90 @@
+"""`cirlab demo`: the embedded default end to end — generate CSS, train TIRG, evaluate, write a report.
+
+Layout of the output directory (default `runs/demo/`): `data/` (the CSS set), `run/` (the trained run
+directory), `report.md`, `recall.png`, `examples.png`. A finished run is reused on a second call (use
+`--fresh` to train again); an interrupted one is resumed from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from cirlab.datasets.css import CSS_FILE
+from cirlab.evaluation import evaluate_run
+from cirlab.models import ModelConfig
+from cirlab.training import TrainConfig, Trainer, load_run, open_dataset
+from cirlab.training.checkpoint import has_checkpoint
+from cirlab.utils.errors import CirlabError
+from cirlab.utils.io import read_json
+
+#: The demo's recipe: chosen with bench/css_budget_sweep.py to reach a useful Recall@1 within minutes on a CPU.
+DEMO_ITERS = 3000
+DEMO_MINUTES = 7.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="generate CSS, train TIRG, evaluate and write a report (the quick tour)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
+    p.add_argument("--minutes", type=float, default=DEMO_MINUTES, help="training time budget")
+    p.add_argument("--iters", type=int, default=DEMO_ITERS, help="training iterations (if time allows)")
+    p.add_argument("--model", default="tirg", help="composition model to train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="train again even if a finished run exists")
+    p.set_defaults(handler=run)
+
+
+def demo_config(data_root: Path, args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        dataset="css", data_root=str(data_root), model=ModelConfig(name=args.model, image_encoder="small_cnn"),
+        loss="soft_triplet", iters=args.iters, batch_size=32, lr=0.01, lr_decay_every=int(args.iters * 0.75),
+        seed=args.seed, checkpoint_every=250, minutes=args.minutes, device="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cirlab.datasets.css_synth import CSSSynthConfig, generate_css
+    from cirlab.evaluation.report import write_report
+
+    if args.minutes <= 0 or args.iters <= 0:
+        raise CirlabError("--minutes and --iters must be positive")
+    started = time.perf_counter()
+    out: Path = args.out
+    data_root, run_dir = out / "data", out / "run"
+    print(f"[1/4] CSS benchmark in {data_root}")
+    if not (data_root / CSS_FILE).is_file():
+        generate_css(data_root, CSSSynthConfig(seed=args.seed))
+    finished = (run_dir / "metrics.json").is_file() and not read_json(run_dir / "metrics.json").get("interrupted")
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+        finished = False
+    if finished:
+        print(f"[2/4] reusing the finished run in {run_dir} (pass --fresh to train again)")
+        summary = read_json(run_dir / "metrics.json")
+    else:
+        resume = has_checkpoint(run_dir)
+        config = demo_config(data_root, args)
+        print(f"[2/4] training {config.model.name} ({config.model.image_encoder} + LSTM) for up to {config.iters} "
+              f"iterations or {config.minutes:g} minutes{' (resuming)' if resume else ''}")
+        summary = Trainer(config, run_dir, evaluate=None).train(resume=resume)
+        if summary["interrupted"]:
+            print(f"interrupted; run `cirlab demo --out {out}` again to resume")
+            return 130
+    print("[3/4] evaluating on the test split (TIRG's CSS protocol)")
+    result = evaluate_run(run_dir, "test")
+    print("[4/4] writing the report")
+    loaded = load_run(run_dir)
+    paths = write_report(out, loaded, open_dataset(loaded.config, "test"), result, summary)
+    print()
+    for k in (1, 5, 10, 50, 100):
+        print(f"  Recall@{k:<4} {100 * result[f'recall@{k}']:6.2f}")
+    print(f"\n{result['queries']} queries, gallery {result['gallery']}; trained {summary['iterations']} iterations "
+          f"in {summary['train_seconds']:.0f} s; demo took {time.perf_counter() - started:.0f} s in all")
+    print(f"run directory:  {run_dir}")
+    for name, path in paths.items():
+        print(f"{name + ':':<15} {path}")
+    print(f"next: cirlab serve  (web page over the demo gallery), cirlab eval {run_dir}")
+    return 0
+
+

@@ -1,0 +1,226 @@
+"""Nearest-neighbour search over L2-normalised vectors: exact (torch) or FAISS (HNSW, IVF-PQ).
+
+Every searcher ranks by inner product, which is cosine similarity on normalised vectors. The stored
+`vectors.npy` of an index is the source of truth: a FAISS structure can always be rebuilt from it (another
+kind, more images) without re-encoding a single image. FAISS files are FAISS's own format, not pickles.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from cirlab.evaluation.recall import topk_chunked
+from cirlab.utils.errors import CirlabError
+from cirlab.utils.registry import Registry
+
+#: Above this many images `--kind auto` picks HNSW (exact search costs about 1 ms per 10K images x 512-d).
+HNSW_ABOVE = 50_000
+#: Above this many images `--kind auto` picks IVF-PQ (HNSW keeps every float vector in memory).
+IVFPQ_ABOVE = 2_000_000
+FAISS_FILE = "faiss.index"
+
+
+def choose_kind(count: int, kind: str = "auto") -> str:
+    """The searcher kind for a gallery of `count` images: `kind` itself unless it is "auto"."""
+    if kind != "auto":
+        SEARCHERS.get(kind)
+        return kind
+    if count > IVFPQ_ABOVE:
+        return "ivfpq"
+    return "hnsw" if count > HNSW_ABOVE else "exact"
+
+
+class Searcher:
+    """Top-k inner-product search over a fixed set of vectors; positions are rows of `vectors.npy`."""
+
+    kind: ClassVar[str] = ""
+    #: Whether `vectors` must be held in memory while searching (else it may stay memory-mapped on disk).
+    needs_vectors_in_memory: ClassVar[bool] = True
+
+    def __init__(self, dim: int, params: dict[str, Any] | None = None) -> None:
+        self.dim = dim
+        self.params = dict(params or {})
+
+    def build(self, vectors: np.ndarray) -> None:
+        """Index `vectors` (N, dim) from scratch."""
+        raise NotImplementedError
+
+    def add(self, vectors: np.ndarray, all_vectors: np.ndarray) -> None:
+        """Append `vectors` (the last rows of `all_vectors`) to an already built searcher."""
+        raise NotImplementedError
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and positions (Q, k), best first; position -1 pads when fewer than k are found."""
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> None:
+        """Write whatever the searcher needs beyond `vectors.npy` into `directory`."""
+
+    def load(self, directory: Path, vectors: np.ndarray) -> None:
+        """Restore the searcher from `directory` and the index's vectors."""
+
+
+SEARCHERS: Registry[type[Searcher]] = Registry("index kind")
+
+
+@SEARCHERS.register("exact")
+class ExactSearcher(Searcher):
+    """Brute force with torch matrix products (chunked): exact, no build step, O(N x dim) per query."""
+
+    kind = "exact"
+
+    def build(self, vectors: np.ndarray) -> None:
+        self._gallery = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def add(self, vectors: np.ndarray, all_vectors: np.ndarray) -> None:
+        self.build(all_vectors)
+
+    def load(self, directory: Path, vectors: np.ndarray) -> None:
+        self.build(vectors)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        scores, positions = topk_chunked(q, self._gallery, k)
+        return scores.numpy(), positions.numpy()
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise CirlabError("FAISS index kinds need faiss: pip install 'cirlab[serve]' (or faiss-cpu)") from None
+    return faiss
+
+
+class FaissSearcher(Searcher):
+    """Shared FAISS plumbing: the index lives in `faiss.index`; subclasses make and tune it."""
+
+    def make_index(self, vectors: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def search_parameters(self, k: int) -> Any:
+        raise NotImplementedError
+
+    def build(self, vectors: np.ndarray) -> None:
+        self.index = self.make_index(vectors)
+        self._add_chunked(vectors)
+
+    def add(self, vectors: np.ndarray, all_vectors: np.ndarray) -> None:
+        self._add_chunked(vectors)
+
+    def _add_chunked(self, vectors: np.ndarray, chunk: int = 65_536) -> None:
+        for start in range(0, len(vectors), chunk):
+            self.index.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, positions = self.index.search(q, k, params=self.search_parameters(k))
+        return scores, positions.astype(np.int64)
+
+    def save(self, directory: Path) -> None:
+        _faiss().write_index(self.index, str(directory / FAISS_FILE))
+
+    def load(self, directory: Path, vectors: np.ndarray) -> None:
+        path = directory / FAISS_FILE
+        if not path.is_file():
+            raise CirlabError(f"index {directory} ({self.kind}) lacks {FAISS_FILE}; rebuild it with `cirlab index`")
+        self.index = _faiss().read_index(str(path))
+        if self.index.d != self.dim or self.index.ntotal != len(vectors):
+            raise CirlabError(f"{path} holds {self.index.ntotal} x {self.index.d} vectors but the index lists "
+                              f"{len(vectors)} x {self.dim}; rebuild it with `cirlab index`")
+
+
+@SEARCHERS.register("hnsw")
+class HNSWSearcher(FaissSearcher):
+    """FAISS HNSW over full float vectors: sub-millisecond to a few ms per query up to millions of images.
+
+    Params: `m` (graph degree, 32), `ef_construction` (80), `ef_search` (breadth of a query, 128; raised
+    to k when k is larger). bench/bench_index.py measures the recall/latency trade-off of `ef_search`.
+    """
+
+    kind = "hnsw"
+    needs_vectors_in_memory = False
+    defaults: ClassVar[dict[str, int]] = {"m": 32, "ef_construction": 80, "ef_search": 128}
+
+    def __init__(self, dim: int, params: dict[str, Any] | None = None) -> None:
+        super().__init__(dim, {**self.defaults, **(params or {})})
+
+    def make_index(self, vectors: np.ndarray) -> Any:
+        faiss = _faiss()
+        index = faiss.IndexHNSWFlat(self.dim, int(self.params["m"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(self.params["ef_construction"])
+        return index
+
+    def search_parameters(self, k: int) -> Any:
+        return _faiss().SearchParametersHNSW(efSearch=max(int(self.params["ef_search"]), k))
+
+
+@SEARCHERS.register("ivfpq")
+class IVFPQSearcher(FaissSearcher):
+    """FAISS IVF-PQ (compressed codes, `dim / 8` bytes per image by default) with exact re-ranking.
+
+    The `rerank` x k best candidates by PQ score are re-scored with the stored float vectors (memory-mapped,
+    so only those rows are read). Params: `nlist` (coarse cells, default 4 x sqrt(N), a power of two),
+    `pq_m` (sub-quantisers), `nprobe` (cells visited per query, 32), `rerank` (4).
+    """
+
+    kind = "ivfpq"
+    needs_vectors_in_memory = False
+    defaults: ClassVar[dict[str, int]] = {"nprobe": 32, "rerank": 4}
+
+    def __init__(self, dim: int, params: dict[str, Any] | None = None) -> None:
+        super().__init__(dim, {**self.defaults, **(params or {})})
+        self._vectors: np.ndarray | None = None
+
+    def make_index(self, vectors: np.ndarray) -> Any:
+        faiss = _faiss()
+        n = len(vectors)
+        nlist = int(self.params.get("nlist") or 2 ** max(4, round(math.log2(4 * math.sqrt(max(n, 1))))))
+        pq_m = int(self.params.get("pq_m") or _largest_divisor_at_most(self.dim, max(1, self.dim // 8)))
+        if n < 39 * nlist:
+            raise CirlabError(f"ivfpq needs at least {39 * nlist} images to train {nlist} cells (got {n}); "
+                              f"use --kind exact or hnsw")
+        self.params.update(nlist=nlist, pq_m=pq_m)
+        index = faiss.index_factory(self.dim, f"IVF{nlist},PQ{pq_m}", faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        self._vectors = vectors
+        return index
+
+    def add(self, vectors: np.ndarray, all_vectors: np.ndarray) -> None:
+        super().add(vectors, all_vectors)
+        self._vectors = all_vectors
+
+    def load(self, directory: Path, vectors: np.ndarray) -> None:
+        super().load(directory, vectors)
+        self._vectors = vectors
+
+    def search_parameters(self, k: int) -> Any:
+        return _faiss().SearchParametersIVF(nprobe=int(self.params["nprobe"]))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        _, candidates = super().search(q, k * int(self.params["rerank"]))
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        positions = np.full((len(q), k), -1, dtype=np.int64)
+        for row, cand in enumerate(candidates):
+            cand = cand[cand >= 0]
+            exact = np.asarray(self._vectors[np.sort(cand)], dtype=np.float32) @ q[row]
+            order = np.argsort(-exact, kind="stable")[:k]
+            scores[row, :len(order)] = exact[order]
+            positions[row, :len(order)] = np.sort(cand)[order]
+        return scores, positions
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, limit + 1) if n % d == 0)
+
+
+def make_searcher(kind: str, dim: int, params: dict[str, Any] | None = None) -> Searcher:
+    return SEARCHERS.get(kind)(dim, params)
