@@ -176,7 +176,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{speed:.0f}")
                     writer.add_scalar("train/loss", loss.item(), iteration)
                     writer.add_scalar("train/lr", lr, iteration)
-                    writer.add_scalar("train/norm_scale", float(self.model.norm_scale), iteration)
+                    writer.add_scalar("train/norm_scale", float(self.model.norm_scale.detach()), iteration)
                     for k, v in values.items():
                         writer.add_scalar(f"train/{k}", v, iteration)
                     self.history.append({"iteration": iteration, "loss": loss.item(), **values,
