@@ -101,7 +101,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         dataset=args.dataset, data_root=str(args.data_root),
         dataset_options=dataset_options_from_args(args),
-        eval_split=args.eval_split or DEFAULTS.eval_split, model=model_config_from_args(args), loss=args.loss,
+        eval_split=args.eval_split or DATASETS.get(args.dataset).eval_split,  # val for FashionIQ and CIRR
+        model=model_config_from_args(args), loss=args.loss,
         optimizer=args.optimizer, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
         lr_decay_every=args.lr_decay_every, lr_decay=args.lr_decay, momentum=args.momentum,
         weight_decay=args.weight_decay, backbone_lr_mult=args.backbone_lr_mult, grad_clip=args.grad_clip,
