@@ -141,7 +141,8 @@ class Trainer:
         transform = make_transform(cfg, self.model, train=True)
         batches = PairBatches(self.dataset, transform, cfg.batch_size, cfg.seed)
         loader = DataLoader(batches, batch_size=None, sampler=range(self.start_iter, cfg.iters),
-                            num_workers=cfg.workers, persistent_workers=False)
+                            num_workers=cfg.workers, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_iter or None)
         previous = signal.signal(signal.SIGINT, self._request_stop)
         self.model.train()
