@@ -24,7 +24,8 @@ def load_css_npy(root: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CirlabError(f"CSS file not found: {path} (generate one with `cirlab data css --out {root}`)")
     try:
-        data = np.load(path, allow_pickle=True).item()
+        # latin1: the original CSS3D file is a Python 2 pickle whose strings and array buffers are byte strings
+        data = np.load(path, allow_pickle=True, encoding="latin1").item()
     except Exception as exc:  # truncated or foreign files raise many exception types
         raise CirlabError(f"cannot read CSS file {path} (truncated or not a CSS .npy?): {exc}") from None
     if not isinstance(data, dict) or "train" not in data or "test" not in data:

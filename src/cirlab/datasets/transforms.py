@@ -8,8 +8,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cirlab.utils.errors import CirlabError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PAD_MODES = ("none", "target_pad", "square_pad")
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -19,13 +22,20 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def target_pad(img: Image.Image, ratio: float = 1.25) -> Image.Image:
-    """CLIP4Cir's 'target pad': pad a non-square image to a square when its aspect ratio exceeds `ratio`."""
+    """CLIP4Cir's "target pad": zero-pad a long image symmetrically until its aspect ratio is `ratio`.
+
+    Images already closer to square than `ratio` are returned unchanged; `ratio=1` gives a square pad.
+    The later resize + centre crop then loses less of a tall dress or a wide shoe.
+    """
     w, h = img.size
     if max(w, h) / min(w, h) < ratio:
         return img
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), (0, 0, 0))
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    wanted = max(w, h) / ratio
+    pad_x, pad_y = max(int((wanted - w) / 2), 0), max(int((wanted - h) / 2), 0)
+    if not pad_x and not pad_y:
+        return img
+    canvas = Image.new("RGB", (w + 2 * pad_x, h + 2 * pad_y), (0, 0, 0))
+    canvas.paste(img.convert("RGB"), (pad_x, pad_y))
     return canvas
 
 
@@ -39,9 +49,13 @@ class ImageTransform:
     size: int = 224
     train: bool = False
     flip: bool = True
-    pad: str = "none"  # "none" | "target_pad" | "square_pad"
+    pad: str = "none"  # "none" | "target_pad" (CLIP4Cir, ratio 1.25) | "square_pad" (ratio 1)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.pad not in PAD_MODES:
+            raise CirlabError(f"--pad must be one of {', '.join(PAD_MODES)}, not {self.pad!r}")
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         if self.pad == "target_pad":
