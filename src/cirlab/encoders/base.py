@@ -28,6 +28,8 @@ class ImageEncoder(nn.Module):
 
     out_dim: int
     map_channels: int
+    #: Channels of every map `stage_maps` returns, shallow to deep (multi-stage models size their layers by it).
+    stage_channels: list[int]
     #: Mean/std the trunk expects; preprocessing reads them from here.
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -44,7 +46,9 @@ class ImageEncoder(nn.Module):
         return self.pool(self.forward_map(images))
 
     def stage_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps of every stage, shallow to deep (multi-stage models such as CRN use them)."""
+        """Feature maps of every stage, shallow to deep (multi-stage models such as CRN use them).
+
+        The default exposes only the last map; encoders with stages override this and `stage_channels`."""
         return [self.forward_map(images)]
 
     def backbone_parameters(self) -> list[nn.Parameter]:

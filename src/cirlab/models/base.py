@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cirlab.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, EncoderSpec, ImageEncoder, TextEncoder
+from cirlab.encoders import EncoderSpec, ImageEncoder, TextEncoder, resolve_image_encoder, resolve_text_encoder
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.registry import Registry
 
@@ -59,6 +59,8 @@ class CompositionModel(nn.Module):
 
     #: Extra loss terms and their default weights, overridable with `options["loss_weights"]`.
     default_loss_weights: dict[str, float] = {}
+    #: Learning-rate multipliers of the groups `lr_groups` names, overridable with `options["lr_mults"]`.
+    default_lr_mults: dict[str, float] = {}
 
     def __init__(self, config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> None:
         super().__init__()
@@ -73,6 +75,23 @@ class CompositionModel(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
+
+    def train(self, mode: bool = True) -> CompositionModel:
+        """Frozen encoders stay in eval mode (fixed BN statistics, no dropout), so that their features are the
+        same in training, in evaluation and in the feature cache."""
+        super().train(mode)
+        for encoder in (self.image_encoders() if self.config.freeze_image else []) + (
+                self.text_encoders() if self.config.freeze_text else []):
+            encoder.eval()
+        return self
+
+    def image_encoders(self) -> list[nn.Module]:
+        """Every image encoder of the model (CRN has one per branch): freezing and the backbone lr apply to all."""
+        return [self.image_encoder]
+
+    def text_encoders(self) -> list[nn.Module]:
+        """Every text encoder of the model."""
+        return [self.text_encoder]
 
     # features -----------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> Features:
@@ -110,16 +129,33 @@ class CompositionModel(nn.Module):
     def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.loss_weights.get(name, 1.0) * value for name, value in terms.items())
 
+    def lr_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters with their own learning-rate multiplier (e.g. FiLM+SAN's branch weights at 0.01x)."""
+        return {}
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters at `lr * backbone_lr_mult`: the image trunk (models with several trunks extend this)."""
+        return [p for enc in self.image_encoders() for p in enc.backbone_parameters()]
+
     def parameter_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
-        """Optimiser groups: the image trunk at `lr * backbone_lr_mult`, everything else at `lr`."""
-        backbone = {id(p) for p in self.image_encoder.backbone_parameters()}
-        slow = [p for p in self.parameters() if id(p) in backbone and p.requires_grad]
-        rest = [p for p in self.parameters() if id(p) not in backbone and p.requires_grad]
-        groups = [{"params": rest, "lr": lr, "lr_mult": 1.0, "name": "head"}]
-        if slow:
-            groups.append({"params": slow, "lr": lr * backbone_lr_mult, "lr_mult": backbone_lr_mult,
-                           "name": "backbone"})
-        return groups
+        """Optimiser groups: the named `lr_groups` at their multipliers, the image trunk at
+        `lr * backbone_lr_mult`, everything else ("head") at `lr`."""
+        mults = {**self.default_lr_mults, "head": 1.0, **self.config.options.get("lr_mults", {})}
+        named = self.lr_groups()
+        unknown = sorted(set(mults) - set(named) - {"head"})
+        if unknown:
+            raise CirlabError(f"model {self.config.name!r} has no learning-rate group {unknown[0]!r}; "
+                              f"groups: {', '.join(['head', *named])}")
+        groups, taken = [], set()
+        for name, params in [*named.items(), ("backbone", self.backbone_parameters())]:
+            mult = backbone_lr_mult if name == "backbone" else float(mults.get(name, 1.0))
+            mine = [p for p in params if p.requires_grad and id(p) not in taken]
+            taken.update(id(p) for p in mine)
+            if mine:
+                groups.append({"params": mine, "lr": lr * mult, "lr_mult": mult, "name": name})
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        head = float(mults["head"])
+        return [{"params": rest, "lr": lr * head, "lr_mult": head, "name": "head"}, *groups]
 
 
 MODELS: Registry[type[CompositionModel]] = Registry("model")
@@ -129,14 +165,13 @@ def build_model(config: ModelConfig, texts: list[str] | None = None, assets_dir:
                 ) -> CompositionModel:
     """Build encoders and the composition model from a config (texts: training texts for a vocabulary)."""
     model_cls = MODELS.get(config.name)
-    image_encoder = IMAGE_ENCODERS.get(config.image_encoder)(EncoderSpec(
+    image_encoder = resolve_image_encoder(config.image_encoder)(EncoderSpec(
         out_dim=config.embed_dim, weights=config.image_weights, options=dict(config.image_options)))
-    text_encoder = TEXT_ENCODERS.get(config.text_encoder)(
+    text_encoder = resolve_text_encoder(config.text_encoder)(
         EncoderSpec(out_dim=config.text_dim, weights=config.text_weights, options=dict(config.text_options)),
         texts=texts, assets_dir=assets_dir)
     model = model_cls(config, image_encoder, text_encoder)
-    if config.freeze_image:
-        model.image_encoder.requires_grad_(False)
-    if config.freeze_text:
-        model.text_encoder.requires_grad_(False)
+    for encoder in (model.image_encoders() if config.freeze_image else []) + (
+            model.text_encoders() if config.freeze_text else []):
+        encoder.requires_grad_(False)
     return model

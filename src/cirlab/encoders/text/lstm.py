@@ -1,5 +1,7 @@
 """TIRG's text model: word embedding 512 -> one LSTM layer (hidden 512) -> output at the last valid step
--> Dropout(0.1) -> Linear(512 -> out_dim). Optionally initialised from GloVe (issue: pretrained extras)."""
+-> Dropout(0.1) -> Linear(512 -> out_dim). `--text-option glove=true` initialises the word embedding from GloVe
+6B 50-d (shipped on PyPI; word_dim becomes 50); the vectors are read only when a new run starts, a reloaded
+run takes its embedding from model.safetensors."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder
+from cirlab.encoders.text.glove import GLOVE_DIM, glove_matrix
 from cirlab.encoders.text.vocab import Vocabulary
 from cirlab.utils.errors import CirlabError
 
@@ -56,12 +59,22 @@ class LSTMTextEncoder(TextEncoder):
 @TEXT_ENCODERS.register("lstm")
 def build_lstm(spec: EncoderSpec, texts: list[str] | None = None, assets_dir: Path | None = None) -> LSTMTextEncoder:
     """Build from training texts (new run) or from `vocab.json` in a run directory (loading)."""
-    if assets_dir is not None and (Path(assets_dir) / VOCAB_FILE).is_file():
+    loading = assets_dir is not None and (Path(assets_dir) / VOCAB_FILE).is_file()
+    if loading:
         vocab = Vocabulary.load(Path(assets_dir) / VOCAB_FILE)
     elif texts is not None:
         vocab = Vocabulary.build(texts)
     else:
         raise CirlabError(f"the LSTM text encoder needs {VOCAB_FILE} in {assets_dir} or training texts")
     opts = spec.options
-    return LSTMTextEncoder(vocab, out_dim=spec.out_dim, word_dim=int(opts.get("word_dim", 512)),
-                           hidden_dim=int(opts.get("hidden_dim", 512)), dropout=float(opts.get("dropout", 0.1)))
+    glove = str(opts.get("glove", False)).lower() in ("1", "true", "yes")
+    word_dim = int(opts.get("word_dim", GLOVE_DIM if glove else 512))
+    if glove and word_dim != GLOVE_DIM:
+        raise CirlabError(f"--text-option glove=true needs word_dim={GLOVE_DIM}, got {word_dim}")
+    encoder = LSTMTextEncoder(vocab, out_dim=spec.out_dim, word_dim=word_dim,
+                              hidden_dim=int(opts.get("hidden_dim", 512)), dropout=float(opts.get("dropout", 0.1)))
+    if glove and texts is not None and not loading:
+        rows, _ = glove_matrix(vocab.words)
+        with torch.no_grad():
+            encoder.embedding.weight.copy_(rows)
+    return encoder
