@@ -33,14 +33,14 @@ def image_file(root: Path, cat: str, name: str) -> Path:
     return root / "images" / (f"{name}.png" if cat == "dress" else f"{name}.jpg")
 
 
-def make_fashioniq(root: Path, missing: tuple[str, ...] = ()) -> Path:
+def make_fashioniq(root: Path, missing: tuple[str, ...] = (), val_images: int = 8) -> Path:
     """Per category: train split of 6 images / 3 triplets, val split of 8 images / 3 triplets, test split.
 
     Val triplets use images 0->1, 2->3, 4->1 (image 1 is a target twice); images 5-7 are in the split list
     only, so the `original` gallery has 8 images and `val-union` 5.
     """
     for c, cat in enumerate(CATS):
-        for split, n in (("train", 6), ("val", 8), ("test", 5)):
+        for split, n in (("train", 6), ("val", val_images), ("test", 5)):
             names = [f"{cat[0].upper()}{split[:2]}{i:03d}" for i in range(n)]
             write_json(root / "image_splits" / f"split.{cat}.{split}.json", names)
             pairs = [(0, 1), (2, 3), (4, 1)]
