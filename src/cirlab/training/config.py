@@ -40,6 +40,7 @@ class TrainConfig:
     minutes: float = 0.0  # wall-clock budget; 0: none
     eval_batch_size: int = 128
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    feature_cache: bool = False  # frozen encoders: encode every image/text once, train on the cached features
     comment: str = ""
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from cirlab.losses import LOSSES
 from cirlab.models import CompositionModel, build_model
 from cirlab.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from cirlab.training.config import TrainConfig
+from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache
 from cirlab.training.run_dir import METRICS_FILE, make_transform, open_dataset, save_config, save_model
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import write_json_atomic
@@ -47,6 +48,13 @@ class PairBatches(Dataset):
         src = torch.stack([self.transform(self.dataset.load_image(p.source), rng) for p in pairs])
         tgt = torch.stack([self.transform(self.dataset.load_image(p.target), rng) for p in pairs])
         return src, [p.text for p in pairs], tgt
+
+    def features(self, model: CompositionModel, batch: tuple[torch.Tensor, list[str], torch.Tensor],
+                 device: torch.device) -> tuple[Any, Any, Any]:
+        """Encode one batch: (source features, text features, target features)."""
+        src, texts, tgt = batch
+        return (model.encode_image(src.to(device, non_blocking=True)), model.encode_text(texts),
+                model.encode_image(tgt.to(device, non_blocking=True)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -138,8 +146,13 @@ class Trainer:
         self.setup(resume)
         cfg = self.config
         loss_fn = LOSSES.get(cfg.loss)
-        transform = make_transform(cfg, self.model, train=True)
-        batches = PairBatches(self.dataset, transform, cfg.batch_size, cfg.seed)
+        batches: PairBatches | CachedPairBatches
+        if cfg.feature_cache:
+            cache = build_feature_cache(self.model, self.dataset, make_transform(cfg, self.model, train=False),
+                                        self.run_dir, cfg.train_split, self.dataset.train_texts(), self.progress)
+            batches = CachedPairBatches(self.dataset, cache, cfg.batch_size, cfg.seed)
+        else:
+            batches = PairBatches(self.dataset, make_transform(cfg, self.model, train=True), cfg.batch_size, cfg.seed)
         loader = DataLoader(batches, batch_size=None, sampler=range(self.start_iter, cfg.iters),
                             num_workers=cfg.workers, persistent_workers=False,
                             generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
@@ -153,13 +166,11 @@ class Trainer:
         bar = tqdm(total=cfg.iters, initial=self.start_iter, desc=f"train {cfg.model.name}", disable=not self.progress,
                    dynamic_ncols=True)
         try:
-            for src, texts, tgt in loader:
-                src, tgt = src.to(self.device, non_blocking=True), tgt.to(self.device, non_blocking=True)
+            for batch in loader:
                 lr = learning_rate(cfg, iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_mult", 1.0)
-                terms = self.model.training_losses(self.model.encode_image(src), self.model.encode_text(texts),
-                                                   self.model.encode_image(tgt), loss_fn)
+                terms = self.model.training_losses(*batches.features(self.model, batch, self.device), loss_fn)
                 loss = self.model.total_loss(terms)
                 if not torch.isfinite(loss):
                     raise CirlabError(f"loss became {loss.item()} at iteration {iteration}; lower --lr")
