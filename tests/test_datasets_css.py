@@ -1,0 +1,80 @@
+"""CSS loader on a file shaped like the original CSS3D release: a Python 2 pickle inside the .npy."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cirlab.datasets import build_dataset
+from cirlab.datasets.css import CSS_FILE
+from cirlab.utils.errors import CirlabError
+
+
+class Py2StylePickler(pickle._Pickler):
+    """Writes str and bytes the way Python 2 pickled its byte strings (BINSTRING), like TIRG's original file."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_byte_string(self, obj: str | bytes) -> None:
+        data = obj.encode("latin1") if isinstance(obj, str) else bytes(obj)
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = save_byte_string
+    dispatch[bytes] = save_byte_string
+
+
+def scene(color: str, shape: str, pos: tuple[float, float]) -> list[dict[str, Any]]:
+    return [{"color": color, "shape": shape, "size": "large", "pos": pos}]
+
+
+def original_css(root: Path) -> Path:
+    """Two splits of three scenes; labels are an int64 array whose bytes are not ASCII (values >= 128)."""
+    data = {}
+    for split in ("train", "test"):
+        data[split] = {
+            "objects_img": [scene("red", "rectangle", (0.2, 0.2)), scene("blue", "circle", (0.5, 0.5)),
+                            scene("red", "rectangle", (0.2, 0.2))],
+            "labels": np.array([200, 201, 200], dtype=np.int64),
+            "mods": [{"from": [0, 2], "to": [1, 1], "to_str": "make red object blue"},
+                     {"from": [1], "to": [0], "to_str": "make blue object red"}],
+        }
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / CSS_FILE, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
+        Py2StylePickler(fh, protocol=2).dump(np.array(data, dtype=object))
+    return root
+
+
+def test_reads_the_python2_css3d_file_and_renders_2d_scenes(tmp_path: Path) -> None:
+    root = original_css(tmp_path / "css")
+    with pytest.raises(UnicodeError, match="encoding"):  # what a plain np.load does with the original file
+        np.load(root / CSS_FILE, allow_pickle=True).item()
+    ds = build_dataset("css", root, "test")
+    assert ds.render == "2d" and ds.load_image(0).size == (64, 64)
+    assert ds.captions == ["200", "201", "200"]
+    (s,) = ds.eval_sets()
+    assert s.query_images == [0, 2, 1] and s.query_texts[2] == "make blue object red"
+    assert s.exclude.tolist() == [0, 2, 1]
+    # hit = caption equality: query 2 targets scene 0, whose caption "200" scene 2 shares
+    assert (s.gallery_labels["caption"] == s.query_labels["caption"][2]).nonzero()[0].tolist() == [0, 2]
+    assert ds.stats() == {"images": 3, "training_pairs": 3, "mods": 2, "queries": 3,
+                              "gallery": 3, "missing_images": 0}
+    pairs = build_dataset("css", root, "train").sample_pairs(np.random.default_rng(0), 10)
+    assert {(p.source, p.target) for p in pairs} <= {(0, 1), (2, 1), (1, 0)}
+
+
+def test_truncated_file_is_a_user_error(tmp_path: Path) -> None:
+    root = original_css(tmp_path / "css")
+    path = root / CSS_FILE
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CirlabError, match="cannot read CSS file"):
+        build_dataset("css", root, "train")
