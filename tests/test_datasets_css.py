@@ -67,7 +67,7 @@ def test_reads_the_python2_css3d_file_and_renders_2d_scenes(tmp_path: Path) -> N
     # hit = caption equality: query 2 targets scene 0, whose caption "200" scene 2 shares
     assert (s.gallery_labels["caption"] == s.query_labels["caption"][2]).nonzero()[0].tolist() == [0, 2]
     assert ds.stats() == {"images": 3, "training_pairs": 3, "mods": 2, "queries": 3,
-                              "gallery": 3, "missing_images": 0}
+                         "gallery": 3, "missing_images": 0}
     pairs = build_dataset("css", root, "train").sample_pairs(np.random.default_rng(0), 10)
     assert {(p.source, p.target) for p in pairs} <= {(0, 1), (2, 1), (1, 0)}
 

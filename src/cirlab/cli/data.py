@@ -55,16 +55,37 @@ def dataset_stats(name: str, root: str, splits: list[str] | None, options: dict[
     return out
 
 
+COLUMNS = (("training_pairs", "pairs"), ("queries", "queries"), ("gallery", "gallery"), ("images", "images"),
+           ("missing_images", "missing img"), ("missing_pairs", "missing pairs"),
+           ("missing_queries", "missing queries"), ("missing_gallery", "missing gallery"))
+
+
+def stats_table(result: dict[str, Any]) -> str:
+    """One row per split and per category (`split/category`), the count columns any row has, then notes."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    notes: list[str] = []
+    for split, stats in result["splits"].items():
+        rows.append((split, stats))
+        rows += [(f"{split}/{k}", v) for k, v in stats.items() if isinstance(v, dict)]
+        notes += [f"{split}: {k} = {v}" for k, v in stats.items() if not isinstance(v, dict | int)]
+    columns = [(key, title) for key, title in COLUMNS if any(key in r for _, r in rows)]
+    header = ["split", *(title for _, title in columns)]
+    body = [[name, *(str(r.get(key, "-")) for key, _ in columns)] for name, r in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths,
+                                                                                                     strict=True)))
+             for line in [header, *body]]
+    missing = sum(int(stats.get("missing_images", 0)) for stats in result["splits"].values())
+    if missing:
+        notes.append(f"{missing} image(s) missing: complete the download, or pass --skip-missing to train/eval "
+                     "to drop the affected pairs, queries and gallery images")
+    return "\n".join([f"{result['dataset']} at {result['data_root']}", *lines, *notes])
+
+
 def run_stats(args: argparse.Namespace) -> int:
     options = parse_key_values(args.dataset_option, "--dataset-option")
     result = dataset_stats(args.dataset, args.data_root, args.split, options)
+    print(stats_table(result))
     if args.json:
         print_json_line(result)
-        return 0
-    print(f"{args.dataset} at {args.data_root}")
-    for split, stats in result["splits"].items():
-        flat = {k: v for k, v in stats.items() if not isinstance(v, dict)}
-        print(f"  {split}: " + ", ".join(f"{k}={v}" for k, v in flat.items()))
-        for sub_name, sub in ((k, v) for k, v in stats.items() if isinstance(v, dict)):
-            print(f"    {sub_name}: " + ", ".join(f"{k}={v}" for k, v in sub.items()))
     return 0

@@ -247,4 +247,5 @@ class FashionIQDataset(ImageListDataset):
                 gallery = self.split_images[cat] if self.split == "test" else self.gallery(cat)
                 per_cat[cat] = split_stats(queries=len(triplets), gallery=len(gallery), missing_queries=broken,
                                            missing_gallery=int(sum(missing[i] for i in gallery)), **counts)
-        return {**sum_stats(per_cat.values()), "gallery_protocol": self.gallery_protocol, **per_cat}
+        protocol = {"gallery_protocol": self.gallery_protocol} if self.split == "val" else {}
+        return {**sum_stats(per_cat.values()), **protocol, **per_cat}
