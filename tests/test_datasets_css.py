@@ -78,3 +78,10 @@ def test_truncated_file_is_a_user_error(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CirlabError, match="cannot read CSS file"):
         build_dataset("css", root, "train")
+
+
+def test_unknown_option_is_a_user_error(tmp_path: Path) -> None:
+    root = original_css(tmp_path / "css")
+    with pytest.raises(CirlabError, match="unknown dataset option.*'colour'.*known: preload, render, skip_missing"):
+        build_dataset("css", root, "test", colour="red")
+    assert build_dataset("css", root, "test", skip_missing=True, preload="false").render == "2d"

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cirlab.datasets._common import as_bool, reject_unknown_options
 from cirlab.datasets.base import DATASETS, CIRDataset, EvalSet, TrainPair, load_rgb
 from cirlab.utils.errors import CirlabError
 
@@ -45,7 +46,8 @@ class CSSDataset(CIRDataset):
     test image; the query image is excluded; a hit is any image whose caption (label) equals the target's.
 
     Options: `render="auto"|"png"|"2d"` (2d draws TIRG's 64x64 2D scene from the objects instead of reading
-    the PNG), `preload=True` keeps the decoded split in memory (small: 64x64 images).
+    the PNG), `preload=True` keeps the decoded split in memory (small: 64x64 images). `skip_missing` is
+    accepted and has no effect: a missing PNG is an error (or use render=2d).
     """
 
     name = "css"
@@ -53,9 +55,13 @@ class CSSDataset(CIRDataset):
     train_augment = False
     flip_ok = False
 
-    def __init__(self, root: str | Path, split: str, render: str = "auto", preload: bool = True,
-                 **options: Any) -> None:
-        super().__init__(root, split, **options)
+    def __init__(self, root: str | Path, split: str, render: str = "auto", preload: Any = True,
+                 skip_missing: Any = False, **options: Any) -> None:
+        reject_unknown_options(self.name, options, ("render", "preload", "skip_missing"))
+        super().__init__(root, split, render=render, preload=preload)
+        if render not in ("auto", "png", "2d"):
+            raise CirlabError(f"css: render must be auto, png or 2d, not {render!r}")
+        preload = as_bool(preload, "preload")
         if split not in ("train", "test"):
             raise CirlabError(f"CSS has splits 'train' and 'test', not {split!r}")
         data = load_css_npy(root)[split]

@@ -48,7 +48,11 @@ def replace_phrase(source_caption: str, target_caption: str) -> str:
 
 
 def parent_captions(caption: str) -> list[str]:
-    """The captions one word shorter: `caption` with every occurrence of one of its words removed."""
+    """The captions one word shorter: `caption` with every occurrence of one of its words removed.
+
+    TIRG's loader removes the word as a substring (`caption.replace(word, "")`), which also cuts it out of
+    longer words ("red" out of "shredded"); whole words are removed here, as the paper describes.
+    """
     words = caption.split()
     return list(dict.fromkeys(" ".join(t for t in words if t != w) for w in words))
 
