@@ -82,3 +82,9 @@ def test_malformed_caption_entry_names_file_and_entry(shoes: Path) -> None:
     (shoes / "eval_im_names.txt").unlink()
     with pytest.raises(CirlabError, match="Shoes name list not found: .*eval_im_names.txt"):
         build_dataset("shoes", shoes, "test")
+
+
+def test_nothing_left_after_skipping_is_a_clear_error(tmp_path: Path) -> None:
+    root = make_shoes(tmp_path / "shoes", missing=tuple(EVAL))
+    with pytest.raises(CirlabError, match="shoes test: no usable queries or gallery images left"):
+        build_dataset("shoes", root, "test", skip_missing=True).eval_sets()

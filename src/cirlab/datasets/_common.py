@@ -188,6 +188,10 @@ class ImageListDataset(CIRDataset):
         gallery = [int(g) for g, k in zip(gallery, keep, strict=True) if k]
         g_labels = {kind: np.asarray(v, dtype=np.int64)[keep] for kind, v in gallery_labels.items()}
         queries = [q for q in queries if not unusable(q)]
+        if queries and not gallery or bad and not queries:
+            where = f"{self.name} {self.split}" + (f" {name}" if name != self.split else "")
+            raise CirlabError(f"{where}: no usable queries or gallery images left after "
+                              f"dropping missing images (expected layout: {self.layout_hint})")
         position = {img: p for p, img in enumerate(gallery)}
         exclude = np.array([position.get(q.source, -1) if exclude_source else -1 for q in queries], dtype=np.int64)
         candidates = None
