@@ -3,6 +3,7 @@
 Every searcher ranks by inner product, which is cosine similarity on normalised vectors. The stored
 `vectors.npy` of an index is the source of truth: a FAISS structure can always be rebuilt from it (another
 kind, more images) without re-encoding a single image. FAISS files are FAISS's own format, not pickles.
+bench/index_bench.py measures build time, memory, latency and recall of each kind on 1M x 512 vectors.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from cirlab.evaluation.recall import topk_chunked
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.registry import Registry
 
-#: Above this many images `--kind auto` picks HNSW (exact search costs about 1 ms per 10K images x 512-d).
-HNSW_ABOVE = 50_000
-#: Above this many images `--kind auto` picks IVF-PQ (HNSW keeps every float vector in memory).
-IVFPQ_ABOVE = 2_000_000
+#: Above this many images `--kind auto` leaves exact search (about 1 ms per 10K images x 512-d on one core)
+#: for IVF-PQ with exact re-ranking, which builds in minutes on a small CPU where HNSW takes much longer
+#: (bench/index_bench.py; HNSW stays available with `--kind hnsw`).
+EXACT_UP_TO = 50_000
 FAISS_FILE = "faiss.index"
 
 
@@ -30,9 +31,7 @@ def choose_kind(count: int, kind: str = "auto") -> str:
     if kind != "auto":
         SEARCHERS.get(kind)
         return kind
-    if count > IVFPQ_ABOVE:
-        return "ivfpq"
-    return "hnsw" if count > HNSW_ABOVE else "exact"
+    return "exact" if count <= EXACT_UP_TO else "ivfpq"
 
 
 class Searcher:
@@ -75,7 +74,7 @@ class ExactSearcher(Searcher):
     kind = "exact"
 
     def build(self, vectors: np.ndarray) -> None:
-        self._gallery = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        self._gallery = torch.from_numpy(np.require(vectors, np.float32, ["C_CONTIGUOUS", "WRITEABLE"]))
 
     def add(self, vectors: np.ndarray, all_vectors: np.ndarray) -> None:
         self.build(all_vectors)
@@ -85,8 +84,13 @@ class ExactSearcher(Searcher):
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-        scores, positions = topk_chunked(q, self._gallery, k)
-        return scores.numpy(), positions.numpy()
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        positions = np.full((len(q), k), -1, dtype=np.int64)
+        if len(self._gallery):
+            top_scores, top_positions = topk_chunked(q, self._gallery, k)
+            found = top_scores.shape[1]
+            scores[:, :found], positions[:, :found] = top_scores.numpy(), top_positions.numpy()
+        return scores, positions
 
 
 def _faiss() -> Any:
@@ -140,7 +144,7 @@ class HNSWSearcher(FaissSearcher):
     """FAISS HNSW over full float vectors: sub-millisecond to a few ms per query up to millions of images.
 
     Params: `m` (graph degree, 32), `ef_construction` (80), `ef_search` (breadth of a query, 128; raised
-    to k when k is larger). bench/bench_index.py measures the recall/latency trade-off of `ef_search`.
+    to k when k is larger). bench/index_bench.py measures the recall/latency trade-off of `ef_search`.
     """
 
     kind = "hnsw"
@@ -162,16 +166,20 @@ class HNSWSearcher(FaissSearcher):
 
 @SEARCHERS.register("ivfpq")
 class IVFPQSearcher(FaissSearcher):
-    """FAISS IVF-PQ (compressed codes, `dim / 8` bytes per image by default) with exact re-ranking.
+    """FAISS IVF-PQ with 4-bit fast-scan codes (`dim / 16` bytes per image by default) and exact re-ranking.
 
     The `rerank` x k best candidates by PQ score are re-scored with the stored float vectors (memory-mapped,
-    so only those rows are read). Params: `nlist` (coarse cells, default 4 x sqrt(N), a power of two),
-    `pq_m` (sub-quantisers), `nprobe` (cells visited per query, 32), `rerank` (4).
+    so only those rows are read), so the PQ only has to shortlist. Fast-scan codes train in seconds where
+    8-bit PQ training took minutes on a 2-core CPU (bench/index_bench.py). Params: `nlist` (coarse cells,
+    default about sqrt(N), a power of two), `pq_m` (sub-quantisers, default dim / 8), `nprobe` (cells visited
+    per query, 32), `rerank` (10), `train_size` (vectors the k-means sees, default 64 x nlist; FAISS needs at
+    least 39 x nlist). Images added later are encoded with the cells and codebooks trained at build time;
+    rebuild the index from scratch (`cirlab index` without `--add`) after the gallery has grown a lot.
     """
 
     kind = "ivfpq"
     needs_vectors_in_memory = False
-    defaults: ClassVar[dict[str, int]] = {"nprobe": 32, "rerank": 4}
+    defaults: ClassVar[dict[str, int]] = {"nprobe": 32, "rerank": 10}
 
     def __init__(self, dim: int, params: dict[str, Any] | None = None) -> None:
         super().__init__(dim, {**self.defaults, **(params or {})})
@@ -180,15 +188,16 @@ class IVFPQSearcher(FaissSearcher):
     def make_index(self, vectors: np.ndarray) -> Any:
         faiss = _faiss()
         n = len(vectors)
-        nlist = int(self.params.get("nlist") or 2 ** max(4, round(math.log2(4 * math.sqrt(max(n, 1))))))
+        nlist = int(self.params.get("nlist") or 2 ** max(4, round(math.log2(math.sqrt(max(n, 1))))))
         pq_m = int(self.params.get("pq_m") or _largest_divisor_at_most(self.dim, max(1, self.dim // 8)))
         if n < 39 * nlist:
             raise CirlabError(f"ivfpq needs at least {39 * nlist} images to train {nlist} cells (got {n}); "
                               f"use --kind exact or hnsw")
         self.params.update(nlist=nlist, pq_m=pq_m)
-        index = faiss.index_factory(self.dim, f"IVF{nlist},PQ{pq_m}", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(self.dim, f"IVF{nlist},PQ{pq_m}x4fs", faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))
+        train_size = int(self.params.get("train_size") or 64 * nlist)
+        sample = np.sort(rng.choice(n, size=min(n, max(train_size, 39 * nlist)), replace=False))
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         self._vectors = vectors
         return index
@@ -210,11 +219,11 @@ class IVFPQSearcher(FaissSearcher):
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         positions = np.full((len(q), k), -1, dtype=np.int64)
         for row, cand in enumerate(candidates):
-            cand = cand[cand >= 0]
-            exact = np.asarray(self._vectors[np.sort(cand)], dtype=np.float32) @ q[row]
+            cand = np.sort(cand[cand >= 0])
+            exact = np.asarray(self._vectors[cand], dtype=np.float32) @ q[row]
             order = np.argsort(-exact, kind="stable")[:k]
             scores[row, :len(order)] = exact[order]
-            positions[row, :len(order)] = np.sort(cand)[order]
+            positions[row, :len(order)] = cand[order]
         return scores, positions
 
 
@@ -223,4 +232,5 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def make_searcher(kind: str, dim: int, params: dict[str, Any] | None = None) -> Searcher:
+    """An unbuilt searcher of a registered kind (params override the kind's defaults)."""
     return SEARCHERS.get(kind)(dim, params)

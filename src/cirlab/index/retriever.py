@@ -1,0 +1,73 @@
+"""Composed retrieval over an index: a reference image + a text -> ranked gallery ids (CLI and server share it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cirlab.datasets.base import load_rgb
+from cirlab.index.store import GalleryIndex, weights_fingerprint
+from cirlab.training import LoadedRun, load_run
+from cirlab.utils.errors import CirlabError
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked result."""
+
+    rank: int
+    id: str
+    path: str
+    score: float
+
+
+@dataclass
+class Query:
+    """One composed query: a reference image, the change in words, and optionally the gallery id it came from."""
+
+    image: Image.Image
+    text: str
+    reference_id: str | None = None
+
+
+class Retriever:
+    """A trained run and the index it encoded, loaded once: `search` composes and ranks in one batch."""
+
+    def __init__(self, run: LoadedRun, index: GalleryIndex) -> None:
+        self.run = run
+        self.index = index
+
+    @classmethod
+    def open(cls, index_dir: str | Path, run_dir: str | Path | None = None) -> Retriever:
+        """Open an index and the run it points to (or `run_dir`, which must hold the same weights)."""
+        index = GalleryIndex.open(index_dir)
+        run_dir = Path(run_dir) if run_dir is not None else index.run_dir
+        if not run_dir.is_dir():
+            raise CirlabError(f"index {index_dir} points to run {run_dir}, which does not exist (moved? pass --run)")
+        if weights_fingerprint(run_dir) != index.meta["run"]["weights_sha256"]:
+            raise CirlabError(f"{run_dir} holds other weights than the ones index {index_dir} was encoded with "
+                              f"(retrained since?); rebuild the index with `cirlab index`")
+        return cls(load_run(run_dir), index)
+
+    def reference_image(self, item_id: str) -> Image.Image:
+        """The pixels of a gallery image, read from the path the index stores for `item_id`."""
+        return load_rgb(self.index.item(item_id).path)
+
+    def query_for_id(self, item_id: str, text: str) -> Query:
+        return Query(self.reference_image(item_id), text, item_id)
+
+    def compose(self, queries: list[Query]) -> np.ndarray:
+        return self.run.compose([q.image for q in queries], [q.text for q in queries]).float().cpu().numpy()
+
+    def search(self, queries: list[Query], k: int) -> list[list[Hit]]:
+        """Top-k gallery images for each query; a gallery reference never ranks as its own result."""
+        if not queries:
+            return []
+        vectors = self.compose(queries)
+        exclude = [self.index.position(q.reference_id) if q.reference_id else None for q in queries]
+        ranked = self.index.search(vectors, k, exclude)
+        items = self.index.items
+        return [[Hit(r + 1, items[p].id, items[p].path, s) for r, (p, s) in enumerate(hits)] for hits in ranked]
