@@ -148,13 +148,12 @@ class IndexSummary:
 
 def encode_into(run: LoadedRun, source: GallerySource, out: np.ndarray, batch_size: int, progress: bool) -> None:
     """Write the L2-normalised target embedding of every source image into the rows of `out`."""
-    bar = tqdm(total=len(source), desc="encoding gallery", unit="img", disable=not progress)
-    for start in range(0, len(source), batch_size):
-        stop = min(len(source), start + batch_size)
-        images = [source.load(i) for i in range(start, stop)]
-        out[start:stop] = run.embed_images(images).float().cpu().numpy()
-        bar.update(stop - start)
-    bar.close()
+    with tqdm(total=len(source), desc="encoding gallery", unit="img", disable=not progress) as bar:
+        for start in range(0, len(source), batch_size):
+            stop = min(len(source), start + batch_size)
+            images = [source.load(i) for i in range(start, stop)]
+            out[start:stop] = run.embed_images(images).float().cpu().numpy()
+            bar.update(stop - start)
 
 
 def build_index(run: LoadedRun, source: GallerySource, out_dir: str | Path, kind: str = "auto",
@@ -188,9 +187,10 @@ def build_index(run: LoadedRun, source: GallerySource, out_dir: str | Path, kind
         vectors = np.lib.format.open_memmap(tmp / VECTORS_FILE, mode="w+", dtype=np.float32, shape=(total, dim))
         start = 0
         if old is not None:
-            for s in range(0, len(old), 65_536):
-                vectors[s:s + 65_536] = old.vectors[s:s + 65_536]
             start = len(old)
+            for s in range(0, start, 65_536):
+                stop = min(start, s + 65_536)
+                vectors[s:stop] = old.vectors[s:stop]
         encode_into(run, source, vectors[start:], batch_size, progress)
         vectors.flush()
         merged_params = {**(old.meta.get("params", {}) if old is not None and old.kind == chosen else {}),

@@ -252,7 +252,7 @@ def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts
                           for it in items]}
 
     @app.post("/api/search", summary="Rank the gallery for a reference (gallery id or upload) and a text")
-    async def search(text: Annotated[str, Form(max_length=limits.max_text_chars, description="the change")],
+    async def search(text: Annotated[str, Form(max_length=limits.max_text_chars, description="the change")] = "",
                      k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
                      id: Annotated[str | None, Form(max_length=128, description="reference gallery id")] = None,
                      image: Annotated[UploadFile | None, File(description="reference image upload")] = None,
