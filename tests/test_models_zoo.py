@@ -1,0 +1,190 @@
+"""The model zoo (ComposeAE family, FiLM+SAN, CRN, Combiner): shapes, gradient flow, auxiliary losses that fall
+on a tiny overfit batch, batch-size agnosticism, paper initialisations, lr groups and run-directory reloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cirlab.losses import LOSSES
+from cirlab.models import build_model
+from cirlab.training.config import TrainConfig
+from cirlab.training.run_dir import load_model, save_config, save_model
+from cirlab.utils.errors import CirlabError
+from conftest import tiny_model_config
+
+ZOO_OPTIONS: dict[str, dict] = {
+    "composeae": {},
+    "realspace_concat_ae": {},
+    "composeae_xattn": {"xattn_tokens": 4, "xattn_heads": 2},
+    "film_san": {"film_channels": 16, "film_blocks": 2},
+    "crn": {},
+    "combiner": {},
+}
+ZOO = list(ZOO_OPTIONS)
+TEXTS = ["add large red circle to top-left", "remove blue triangle", "make middle-center object yellow",
+         "make top-right rectangle large", "add small green square to bottom-right", "remove gray circle"]
+#: parameters that legitimately get no gradient: map-based models skip the encoder's pooled projection, CRN
+#: reads the LSTM's token outputs and skips its sentence projection.
+UNUSED = {"film_san": ("image_encoder.proj.",), "crn": ("image_encoder.proj.", "image_encoder_global.proj.",
+                                                        "text_encoder.fc.", "text_encoder_global.fc.")}
+
+
+def _model(name: str, **changes: object) -> torch.nn.Module:
+    options = {**ZOO_OPTIONS[name], **changes.pop("options", {})}  # type: ignore[dict-item]
+    return build_model(tiny_model_config(name, options=options, **changes), texts=TEXTS)
+
+
+def _batch(b: int, size: int = 32) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    g = torch.Generator().manual_seed(b)
+    return (torch.randn(b, 3, size, size, generator=g), (TEXTS * b)[:b], torch.randn(b, 3, size, size, generator=g))
+
+
+def _terms(model: torch.nn.Module, batch: tuple, loss: str = "batch_based_classification") -> dict[str, torch.Tensor]:
+    src, texts, tgt = batch
+    return model.training_losses(model.encode_image(src), model.encode_text(texts), model.encode_image(tgt),
+                                 LOSSES.get(loss))
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_shapes_and_gradients_reach_every_learning_parameter(name: str) -> None:
+    torch.manual_seed(0)
+    model = _model(name)
+    src, texts, tgt = _batch(4)
+    model.total_loss(_terms(model, (src, texts, tgt), "soft_triplet")).backward()
+    skip = UNUSED.get(name, ())
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and not n.startswith(skip) and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert no_grad == []
+    model.eval()
+    assert model.compose(src, texts).shape == (4, 32)
+    assert model.embed_target(tgt).shape == (4, 32)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_auxiliary_losses_are_finite_and_fall_on_an_overfit_batch(name: str) -> None:
+    """On fixed (frozen-encoder) features, so that reconstruction targets do not move while the head learns, and
+    without dropout, whose noise dominates a 6-pair batch at these tiny widths."""
+    torch.manual_seed(0)
+    model = _model(name, freeze_image=True, freeze_text=True)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    batch = _batch(6)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    history = []
+    for _ in range(25):
+        terms = _terms(model, batch)
+        assert all(torch.isfinite(v) for v in terms.values()), terms
+        history.append({k: float(v.detach()) for k, v in terms.items()})
+        optimizer.zero_grad()
+        model.total_loss(terms).backward()
+        optimizer.step()
+    first, last = history[0], history[-1]
+    assert sum(model.loss_weights.get(k, 1.0) * v for k, v in last.items()) < \
+        0.7 * sum(model.loss_weights.get(k, 1.0) * v for k, v in first.items())
+    # CRN's mutual-learning terms start near zero (both networks start alike) and measure disagreement
+    falling = [k for k in first if k not in ("kl", "img")]
+    assert len(falling) >= 1
+    for k in falling:
+        assert last[k] < first[k], (k, first[k], last[k])
+
+
+@pytest.mark.parametrize("b", [1, 32, 33])
+def test_composeae_is_batch_size_agnostic(b: int) -> None:
+    torch.manual_seed(0)
+    model = _model("composeae")
+    batch = _batch(b, size=16)
+    terms = _terms(model, batch, "batch_based_classification" if b == 1 else "soft_triplet")
+    assert set(terms) == {"base", "rec_img", "rec_txt", "symmetry"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    model.total_loss(terms).backward()
+    model.eval()
+    assert model.compose(batch[0], batch[1]).shape == (b, 32)
+
+
+def test_composeae_conjugate_rotation_and_paper_weights() -> None:
+    torch.manual_seed(0)
+    model = _model("composeae").eval()
+    z, q = torch.randn(3, 32), torch.randn(3, 32)
+    assert model.branch_weights.tolist() == [10.0, 1.0]
+    assert model.loss_weights == {"rec_img": 0.1, "rec_txt": 0.1, "symmetry": 0.01}
+    assert not torch.allclose(model.theta(z, q), model.theta(z, q, conjugate=True))
+
+
+def test_composeae_ablations_switch_branches_off() -> None:
+    model = _model("composeae", options={"use_rho_conv": False})
+    assert model.rho_conv is None and model.rho is not None
+    with pytest.raises(CirlabError, match="cannot both be false"):
+        _model("composeae", options={"use_rho": False, "use_rho_conv": False})
+
+
+def test_film_san_branch_weights_train_at_a_hundredth_of_the_lr() -> None:
+    model = _model("film_san")
+    assert model.branch_weights.tolist() == pytest.approx([0.7, 0.3])
+    groups = {g["name"]: g for g in model.parameter_groups(0.01, 0.1)}
+    assert groups["branch_weights"]["lr_mult"] == 0.01 and groups["branch_weights"]["params"] == [model.branch_weights]
+    assert groups["backbone"]["lr_mult"] == 0.1
+    counted = sum(len(g["params"]) for g in groups.values())
+    assert counted == sum(1 for p in model.parameters() if p.requires_grad)
+    overridden = _model("film_san", options={"lr_mults": {"branch_weights": 1.0}})
+    assert {g["name"]: g["lr_mult"] for g in overridden.parameter_groups(0.01, 1.0)}["branch_weights"] == 1.0
+    with pytest.raises(CirlabError, match="no learning-rate group 'nope'"):
+        _model("film_san", options={"lr_mults": {"nope": 2.0}}).parameter_groups(0.01, 1.0)
+
+
+def test_film_san_paper_mask_changes_the_output() -> None:
+    torch.manual_seed(0)
+    with_mask = _model("film_san").eval()
+    torch.manual_seed(0)
+    without = _model("film_san", options={"mask": "none"}).eval()
+    src, texts, _ = _batch(2)
+    assert not torch.allclose(with_mask.compose(src, texts), without.compose(src, texts))
+
+
+def test_crn_retrieval_feature_is_two_normalised_halves_and_branches_have_own_encoders() -> None:
+    torch.manual_seed(0)
+    model = _model("crn").eval()
+    src, texts, tgt = _batch(3)
+    for out in (model.compose(src, texts), model.embed_target(tgt)):
+        torch.testing.assert_close(out[:, :16].norm(dim=1), torch.ones(3))
+        torch.testing.assert_close(out[:, 16:].norm(dim=1), torch.ones(3))
+    assert model.image_encoder is not model.image_encoder_global
+    shared = _model("crn", options={"shared_encoders": True})
+    assert len(shared.image_encoders()) == 1
+    assert sum(p.numel() for p in shared.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_crn_freezing_reaches_both_branch_encoders() -> None:
+    model = _model("crn", freeze_image=True, freeze_text=True)
+    assert not any(p.requires_grad for enc in model.image_encoders() + model.text_encoders() for p in enc.parameters())
+    model.train()
+    assert not model.image_encoder_global.training and model.branches.training
+
+
+def test_combiner_output_is_normalised_and_scale_fixed() -> None:
+    model = _model("combiner").eval()
+    src, texts, _ = _batch(3)
+    torch.testing.assert_close(model.compose(src, texts).norm(dim=1), torch.ones(3))
+    assert model.norm_scale.item() == 100.0 and not model.norm_scale.requires_grad
+
+
+def test_loss_weights_are_overridable() -> None:
+    model = _model("composeae", options={"loss_weights": {"symmetry": 0.5}})
+    assert model.loss_weights["symmetry"] == 0.5 and model.loss_weights["rec_img"] == 0.1
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_run_directory_round_trip(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = TrainConfig(model=tiny_model_config(name, options=ZOO_OPTIONS[name]))
+    model = build_model(config.model, texts=TEXTS).eval()
+    save_config(tmp_path, config)
+    model.text_encoder.save_assets(tmp_path)
+    save_model(tmp_path, model)
+    loaded, _ = load_model(tmp_path)
+    src, texts, tgt = _batch(3)
+    torch.testing.assert_close(loaded.compose(src, texts), model.compose(src, texts), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.embed_target(tgt), model.embed_target(tgt), rtol=0, atol=0)
