@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import tiny_model_config
 from PIL import Image
 
 from cirlab.models import build_model
 from cirlab.training import TrainConfig, open_dataset
 from cirlab.training.run_dir import save_config, save_model
-from conftest import tiny_model_config
 
 
 def make_tiny_run(css_root: Path, run_dir: Path, seed: int = 0) -> Path:

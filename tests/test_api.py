@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from _index_helpers import make_tiny_run
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from _index_helpers import make_tiny_run
 from cirlab.index import Retriever, build_index, source_from_dataset
 from cirlab.serving import Limits, create_app, demo_index
 from cirlab.training import load_run, open_dataset

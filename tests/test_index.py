@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _index_helpers import make_image_dir, make_tiny_run
+
 from cirlab.cli.main import main
 from cirlab.index import GalleryIndex, Query, Retriever, build_index, choose_kind, make_searcher
 from cirlab.index import store as store_module

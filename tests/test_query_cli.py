@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _index_helpers import make_tiny_run
+
 from cirlab.cli.main import main
 
 
