@@ -241,7 +241,8 @@ def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "images": len(index), "kind": index.kind,
                 "model": index.meta["run"].get("model"), "dataset": index.meta["run"].get("dataset"),
-                "dim": index.meta["dim"], "limits": asdict(limits)}
+                "dim": index.meta["dim"], "limits": asdict(limits),
+                "served": {"searches": batcher.queries, "batches": batcher.batches}}
 
     @app.get("/api/gallery", summary="A page of gallery ids (for browsing)")
     async def gallery(offset: Annotated[int, Query(ge=0)] = 0,
