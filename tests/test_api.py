@@ -234,3 +234,14 @@ def test_serve_without_an_index_uses_the_demo_or_says_to_run_it(tiny_css: Path, 
     make_tiny_run(tiny_css, tmp_path / "demo" / "run", seed=5)  # retrained: the index is rebuilt
     demo_index(tmp_path / "demo", progress=False)
     assert Retriever.open(index_dir).index.meta["run"]["dir"] == str((tmp_path / "demo" / "run").resolve())
+
+
+def test_serve_command_reports_missing_inputs_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cirlab.cli.main import main
+
+    assert main(["serve", "--demo-dir", str(tmp_path / "demo")]) == 2
+    assert "run `cirlab demo` first" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "index directory not found" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
