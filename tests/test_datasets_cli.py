@@ -80,6 +80,7 @@ def test_data_stats_per_category(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert {c: val[c]["queries"] for c in ("dress", "shirt", "toptee")} == {"dress": 3, "shirt": 3, "toptee": 3}
     assert val["toptee"]["missing_gallery"] == 1 and val["dress"]["missing_gallery"] == 0
     assert "val/toptee" in out and "1 image(s) missing" in out
+    assert val["first_missing"] == [str(root / "images" / "Tva006.png")]  # the first place it was looked for
 
 
 def test_missing_images_stop_training_with_paths_unless_skipped(tmp_path: Path,

@@ -9,6 +9,7 @@ from typing import Any
 
 from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.datasets import DATASETS, build_dataset
+from cirlab.datasets._common import ImageListDataset
 from cirlab.utils.errors import CirlabError
 
 
@@ -50,8 +51,12 @@ def run_css(args: argparse.Namespace) -> int:
 def dataset_stats(name: str, root: str, splits: list[str] | None, options: dict[str, Any]) -> dict[str, Any]:
     cls = DATASETS.get(name)
     out: dict[str, Any] = {"dataset": name, "data_root": root, "splits": {}}
-    for split in splits or list(getattr(cls, "splits", ("train", "test"))):
-        out["splits"][split] = build_dataset(name, root, split, **options).stats()
+    for split in splits or list(cls.splits):
+        dataset = build_dataset(name, root, split, **options)
+        stats = dataset.stats()
+        if isinstance(dataset, ImageListDataset) and stats.get("missing_images"):
+            stats["first_missing"] = dataset.missing_examples(3)
+        out["splits"][split] = stats
     return out
 
 
@@ -67,7 +72,8 @@ def stats_table(result: dict[str, Any]) -> str:
     for split, stats in result["splits"].items():
         rows.append((split, stats))
         rows += [(f"{split}/{k}", v) for k, v in stats.items() if isinstance(v, dict)]
-        notes += [f"{split}: {k} = {v}" for k, v in stats.items() if not isinstance(v, dict | int)]
+        notes += [f"{split}: {k} = {', '.join(v) if isinstance(v, list) else v}" for k, v in stats.items()
+                  if not isinstance(v, dict | int)]
     columns = [(key, title) for key, title in COLUMNS if any(key in r for _, r in rows)]
     header = ["split", *(title for _, title in columns)]
     body = [[name, *(str(r.get(key, "-")) for key, _ in columns)] for name, r in rows]

@@ -123,6 +123,10 @@ class ImageListDataset(CIRDataset):
             self._missing = np.asarray(self.find_missing(), dtype=bool)
         return self._missing
 
+    def missing_examples(self, limit: int = MISSING_EXAMPLES) -> list[str]:
+        """The first missing image paths (what `cirlab data stats` shows next to the counts)."""
+        return [str(self.paths[i]) for i in np.nonzero(self.missing_mask())[0][:limit]]
+
     def apply_missing_policy(self, what: str, dropped: int, total: int, missing_images: Sequence[int],
                              gallery_dropped: int = 0) -> None:
         """Raise (default) or report once (skip_missing) that `missing_images` make `dropped` of `total` unusable."""
