@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SGD = ["--optimizer", "sgd", "--lr", "0.01"]
@@ -97,7 +98,10 @@ def main() -> int:
             while pending and len(running) < args.parallel:
                 name = pending.pop(0)
                 running.append(run_one(name, args, env))
-            running.pop(0).wait()
+            finished = [p for p in running if p.poll() is not None]
+            if not finished:
+                time.sleep(2)
+            running = [p for p in running if p not in finished]
     print(f"CSS, {args.minutes:g} min of training per model (feature-cache encoding not counted), seed {args.seed}, "
           "batch 32, 1 thread per run\n")
     print("| model | encoders | R@1 | R@5 | R@10 | R@50 | iters | train s | cache s | paper (not measured here) |")

@@ -44,3 +44,15 @@ def model_type(name: str) -> str:
 
 def flag(value: object) -> bool:
     return str(value).lower() not in ("0", "false", "no", "none")
+
+
+def load_clip_tower(loader: Any, name: str, tower: str) -> Any:
+    """One tower of a CLIP checkpoint (`tower` = "vision_config" | "text_config") with its projection; a full
+    CLIP directory keeps `projection_dim` at the top level, which the tower's config must inherit."""
+    tf = transformers_module(f"hf:{name}")
+    config = load_hf(tf.AutoConfig, name)
+    if hasattr(config, tower):
+        sub = getattr(config, tower)
+        sub.projection_dim = config.projection_dim
+        return load_hf(loader, name, config=sub)
+    return load_hf(loader, name)

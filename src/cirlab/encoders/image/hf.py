@@ -22,7 +22,7 @@ from torch import nn
 
 from cirlab.encoders._optional import projection
 from cirlab.encoders.base import EncoderSpec, ImageEncoder
-from cirlab.encoders.hf_common import flag, hf_source, load_hf, model_type, transformers_module
+from cirlab.encoders.hf_common import flag, hf_source, load_clip_tower, load_hf, model_type, transformers_module
 from cirlab.encoders.prefix import IMAGE_ENCODER_PREFIXES
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -48,7 +48,8 @@ class HFImageEncoder(ImageEncoder):
         tf = transformers_module(f"image encoder hf:{name}")
         self.source, self.kind = name, model_type(name)
         self.is_clip = self.kind in _CLIP_TYPES
-        self.model = load_hf(tf.CLIPVisionModelWithProjection if self.is_clip else tf.AutoModel, name)
+        self.model = (load_clip_tower(tf.CLIPVisionModelWithProjection, name, "vision_config") if self.is_clip
+                      else load_hf(tf.AutoModel, name))
         cfg = self.model.config
         self.native_size = int(getattr(cfg, "image_size", 0) or 0)
         self.pooling = pooling

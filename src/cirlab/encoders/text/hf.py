@@ -16,7 +16,7 @@ import torch
 
 from cirlab.encoders._optional import projection, require
 from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder
-from cirlab.encoders.hf_common import flag, load_hf, model_type, transformers_module
+from cirlab.encoders.hf_common import flag, load_clip_tower, load_hf, model_type, transformers_module
 from cirlab.encoders.prefix import TEXT_ENCODER_PREFIXES
 
 _CLIP_TYPES = ("clip", "clip_text_model")
@@ -32,7 +32,8 @@ class HFTextEncoder(TextEncoder):
         self.source, self.kind = name, model_type(name)
         self.is_clip = self.kind in _CLIP_TYPES
         self.tokenizer = load_hf(tf.AutoTokenizer, name)
-        self.model = load_hf(tf.CLIPTextModelWithProjection if self.is_clip else tf.AutoModel, name)
+        self.model = (load_clip_tower(tf.CLIPTextModelWithProjection, name, "text_config") if self.is_clip
+                      else load_hf(tf.AutoModel, name))
         cfg = self.model.config
         self.pooling = "mean" if pooling == "auto" else pooling
         self.max_length = max_length
