@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.evaluation import evaluate_run
+from cirlab.training import distributed
 from cirlab.utils.io import write_json_atomic
 
 
@@ -37,8 +40,11 @@ def run(args: argparse.Namespace) -> int:
     options = parse_key_values(args.dataset_option, "--dataset-option")
     if args.skip_missing:
         options["skip_missing"] = True
+    ctx = distributed.init_from_env(torch.device("cpu"))
     result = evaluate_run(args.run_dir, args.split, args.data_root, progress=not args.json,
                           dataset_options=options)
+    if not ctx.is_main:  # under torchrun every rank encodes a shard; rank 0 reports
+        return 0
     write_json_atomic(args.run_dir / f"eval_{result['split']}.json", result)
     if args.json:
         print_json_line({k: v for k, v in result.items() if k != "per_set"} | {"per_set": result["per_set"]})

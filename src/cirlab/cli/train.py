@@ -16,9 +16,10 @@ from cirlab.datasets import DATASETS
 from cirlab.evaluation import make_eval_fn
 from cirlab.losses import LOSSES
 from cirlab.models import MODELS, ModelConfig
-from cirlab.training import TrainConfig, Trainer, load_config
+from cirlab.training import TrainConfig, Trainer, distributed, load_config
 from cirlab.training.checkpoint import has_checkpoint
 from cirlab.training.feature_cache import make_cached_eval_fn
+from cirlab.training.trainer import resolve_device
 from cirlab.utils.errors import CirlabError
 
 DEFAULTS = TrainConfig()
@@ -141,6 +142,9 @@ def run_dir_from_args(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    ctx = distributed.init_from_env(resolve_device(args.device))
+    if ctx.enabled and args.out is None:
+        raise CirlabError("under torchrun, name the run directory with --out")
     run_dir = run_dir_from_args(args)
     if args.resume:
         if args.out is None:
@@ -153,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         if (run_dir / "config.json").exists():
             raise CirlabError(f"{run_dir} already holds a run; use --resume or another --out")
+    distributed.barrier(ctx)  # every rank has checked the run directory before rank 0 writes into it
     if args.no_eval:
         evaluate = None
     elif config.feature_cache:
@@ -160,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         evaluate = make_eval_fn(config, progress=not args.json)
     summary = Trainer(config, run_dir, evaluate, progress=True).train(resume=args.resume)
+    if not ctx.is_main:
+        return 130 if summary["interrupted"] else 0
     metrics = summary.get("metrics", {})
     print(f"run directory: {run_dir}")
     if summary["interrupted"]:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from cirlab.datasets import CIRDataset, EvalSet
 from cirlab.evaluation.recall import first_hit_ranks, recall_from_ranks, subset_ranks
 from cirlab.models import CompositionModel
+from cirlab.training import distributed
 
 ImageTransformFn = Callable[..., torch.Tensor]
 
@@ -35,25 +36,36 @@ def model_device(model: CompositionModel) -> torch.device:
 def encode_gallery(model: CompositionModel, dataset: CIRDataset, indices: Sequence[int],
                    transform: ImageTransformFn, batch_size: int = 128, progress: bool = True,
                    desc: str = "gallery") -> torch.Tensor:
-    """L2-normalised target embeddings of `indices`, (N, D), encoded in batches."""
+    """L2-normalised target embeddings of `indices`, (N, D), encoded in batches.
+
+    Under torchrun each rank encodes every world_size-th image and the pieces are gathered in order."""
+    ctx = distributed.current()
+    mine = distributed.shard(indices, ctx)
     model.eval()
     out = []
-    for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = load_batch(dataset, indices[start:start + batch_size], transform, model_device(model))
+    bar = tqdm(range(0, len(mine), batch_size), desc=desc, disable=not (progress and ctx.is_main), leave=False)
+    for start in bar:
+        batch = load_batch(dataset, mine[start:start + batch_size], transform, model_device(model))
         out.append(F.normalize(model.embed_target(batch), dim=-1).float().cpu())
-    return torch.cat(out) if out else torch.empty(0, model.embed_dim)
+    local = torch.cat(out) if out else torch.empty(0, model.embed_dim)
+    return distributed.gather_shards(local, len(indices), ctx)
 
 
 @torch.no_grad()
 def encode_queries(model: CompositionModel, dataset: CIRDataset, images: Sequence[int], texts: Sequence[str],
                    transform: ImageTransformFn, batch_size: int = 128, progress: bool = True) -> torch.Tensor:
-    """L2-normalised composed query embeddings, (Q, D)."""
+    """L2-normalised composed query embeddings, (Q, D), sharded across torchrun ranks like the gallery."""
+    ctx = distributed.current()
+    rows = distributed.shard(range(len(images)), ctx)
     model.eval()
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="queries", disable=not progress, leave=False):
-        batch = load_batch(dataset, images[start:start + batch_size], transform, model_device(model))
-        out.append(F.normalize(model.compose(batch, list(texts[start:start + batch_size])), dim=-1).float().cpu())
-    return torch.cat(out) if out else torch.empty(0, model.embed_dim)
+    bar = tqdm(range(0, len(rows), batch_size), desc="queries", disable=not (progress and ctx.is_main), leave=False)
+    for start in bar:
+        chunk = rows[start:start + batch_size]
+        batch = load_batch(dataset, [images[r] for r in chunk], transform, model_device(model))
+        out.append(F.normalize(model.compose(batch, [texts[r] for r in chunk]), dim=-1).float().cpu())
+    local = torch.cat(out) if out else torch.empty(0, model.embed_dim)
+    return distributed.gather_shards(local, len(images), ctx)
 
 
 def score_eval_set(eval_set: EvalSet, query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> dict[str, float]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -25,6 +27,7 @@ from cirlab.losses import LOSSES
 from cirlab.models import CompositionModel, build_model
 from cirlab.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from cirlab.training.config import TrainConfig
+from cirlab.training.distributed import DistContext, any_rank, broadcast_buffers, init_from_env
 from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache
 from cirlab.training.run_dir import METRICS_FILE, make_transform, open_dataset, save_config, save_model
 from cirlab.utils.errors import CirlabError
@@ -34,17 +37,22 @@ EvalFn = Callable[[CompositionModel], dict[str, Any]]
 
 
 class PairBatches(Dataset):
-    """Item i = batch i: (source images, texts, target images), drawn with rng([seed, i])."""
+    """Item i = batch i: (source images, texts, target images), drawn with rng([seed, i]).
 
-    def __init__(self, dataset: CIRDataset, transform: ImageTransform, batch_size: int, seed: int) -> None:
+    Under DDP every rank draws the same global batch and keeps its own slice (`rank::world_size`), so the
+    pairs seen per step do not depend on how many processes share them."""
+
+    def __init__(self, dataset: CIRDataset, transform: ImageTransform, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.dataset, self.transform, self.batch_size, self.seed = dataset, transform, batch_size, seed
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return 1 << 62
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         rng = np.random.default_rng([self.seed, i])
-        pairs = self.dataset.sample_pairs(rng, self.batch_size)
+        pairs = self.dataset.sample_pairs(rng, self.batch_size)[self.rank::self.world_size]
         src = torch.stack([self.transform(self.dataset.load_image(p.source), rng) for p in pairs])
         tgt = torch.stack([self.transform(self.dataset.load_image(p.target), rng) for p in pairs])
         return src, [p.text for p in pairs], tgt
@@ -86,6 +94,28 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     return config.lr * config.lr_decay ** (iteration // config.lr_decay_every)
 
 
+class TrainStep(nn.Module):
+    """One step's forward pass as a module (batch -> named loss terms), so that DDP can wrap it."""
+
+    def __init__(self, model: CompositionModel, batches: PairBatches | CachedPairBatches, loss_fn: Callable,
+                 device: torch.device) -> None:
+        super().__init__()
+        self.model, self.batches, self.loss_fn, self.device = model, batches, loss_fn, device
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.model.training_losses(*self.batches.features(self.model, batch, self.device), self.loss_fn)
+
+
+class _NoWriter:
+    """Stands in for TensorBoard's writer on ranks other than 0."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """Trains one run directory; `evaluate` (optional) is called every `eval_every` iterations and at the end."""
 
@@ -96,6 +126,7 @@ class Trainer:
         self.evaluate = evaluate
         self.progress = progress
         self.device = resolve_device(config.device)
+        self.ctx = DistContext()
         self._stop_requested = False
 
     def _request_stop(self, signum: int, frame: Any) -> None:
@@ -106,6 +137,15 @@ class Trainer:
     def setup(self, resume: bool) -> None:
         cfg = self.config
         LOSSES.get(cfg.loss)
+        self.ctx = init_from_env(self.device)
+        if self.ctx.enabled:
+            if cfg.batch_size % self.ctx.world_size:
+                raise CirlabError(f"--batch-size {cfg.batch_size} must be divisible by the {self.ctx.world_size} "
+                                  "torchrun processes")
+            if cfg.feature_cache:
+                raise CirlabError("--feature-cache trains in a single process; run it without torchrun")
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.ctx.local_rank)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dataset = open_dataset(cfg, cfg.train_split)
         torch.manual_seed(cfg.seed)
@@ -117,11 +157,13 @@ class Trainer:
             meta = load_checkpoint(self.run_dir, self.model, self.optimizer)
             self.start_iter, self.history = int(meta["iteration"]), list(meta.get("history", []))
             self.elapsed = float(meta.get("elapsed_s", 0.0))
-        else:
+        elif self.ctx.is_main:
             save_config(self.run_dir, cfg)
             self.model.text_encoder.save_assets(self.run_dir)
 
     def checkpoint(self, iteration: int) -> None:
+        if not self.ctx.is_main:
+            return
         save_checkpoint(self.run_dir, self.model, self.optimizer, iteration,
                         {"history": self.history, "elapsed_s": self.elapsed})
         save_model(self.run_dir, self.model)
@@ -130,6 +172,7 @@ class Trainer:
         if self.evaluate is None:
             return None
         rng = torch.get_rng_state()
+        broadcast_buffers(self.model, self.ctx)  # each rank's BatchNorm statistics drifted on its own shard
         result = self.evaluate(self.model)
         torch.set_rng_state(rng)
         self.model.train()
@@ -152,25 +195,31 @@ class Trainer:
                                         self.run_dir, cfg.train_split, self.dataset.train_texts(), self.progress)
             batches = CachedPairBatches(self.dataset, cache, cfg.batch_size, cfg.seed)
         else:
-            batches = PairBatches(self.dataset, make_transform(cfg, self.model, train=True), cfg.batch_size, cfg.seed)
+            batches = PairBatches(self.dataset, make_transform(cfg, self.model, train=True), cfg.batch_size, cfg.seed,
+                                  self.ctx.rank, self.ctx.world_size)
+        step: nn.Module = TrainStep(self.model, batches, loss_fn, self.device)
+        if self.ctx.enabled:
+            step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                           static_graph=True)  # the same parameters are used every step
         loader = DataLoader(batches, batch_size=None, sampler=range(self.start_iter, cfg.iters),
                             num_workers=cfg.workers, persistent_workers=False,
                             generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_iter or None)
+        main = self.ctx.is_main
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_iter or None) if main else _NoWriter()
         previous = signal.signal(signal.SIGINT, self._request_stop)
         self.model.train()
         iteration = self.start_iter
         interrupted = False
         started = time.perf_counter() - self.elapsed
         t0 = time.perf_counter()
-        bar = tqdm(total=cfg.iters, initial=self.start_iter, desc=f"train {cfg.model.name}", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=cfg.iters, initial=self.start_iter, desc=f"train {cfg.model.name}",
+                   disable=not (self.progress and main), dynamic_ncols=True)
         try:
             for batch in loader:
                 lr = learning_rate(cfg, iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_mult", 1.0)
-                terms = self.model.training_losses(*batches.features(self.model, batch, self.device), loss_fn)
+                terms = step(batch)
                 loss = self.model.total_loss(terms)
                 if not torch.isfinite(loss):
                     raise CirlabError(f"loss became {loss.item()} at iteration {iteration}; lower --lr")
@@ -197,10 +246,11 @@ class Trainer:
                     self.run_eval(iteration, writer)
                 if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0:
                     self.checkpoint(iteration)
-                if self._stop_requested:
+                out_of_time = bool(cfg.minutes) and self.elapsed > cfg.minutes * 60
+                if any_rank(self._stop_requested, self.ctx):
                     interrupted = True
                     break
-                if cfg.minutes and self.elapsed > cfg.minutes * 60:
+                if any_rank(out_of_time, self.ctx):
                     break
         except KeyboardInterrupt:
             interrupted = True
@@ -216,6 +266,7 @@ class Trainer:
                 summary.update(result)
                 self.checkpoint(iteration)
         writer.close()
-        write_json_atomic(self.run_dir / METRICS_FILE, {**summary, "history": self.history})
+        if main:
+            write_json_atomic(self.run_dir / METRICS_FILE, {**summary, "history": self.history})
         return summary
 
