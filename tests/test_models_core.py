@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model_config
 
 from cirlab.losses import LOSSES
 from cirlab.models import MODELS, build_model
 from cirlab.training.config import TrainConfig
 from cirlab.training.run_dir import load_model, save_config, save_model
 from cirlab.utils.errors import CirlabError
-from conftest import tiny_model_config
 
 CORE = ["imgonly", "textonly", "concat", "tirg", "tirg_lastconv"]
 TEXTS = ["add large red circle to top-left", "remove blue triangle", "make middle-center object yellow",

@@ -173,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted at iteration {summary['iterations']}; checkpoint saved. Continue with: "
               f"cirlab train --out {run_dir} --resume")
         return 130
+    if summary.get("protocol"):
+        print(f"protocol: {summary['protocol']}")
     for key, value in metrics.items():
         print(f"  {key:<22} {100 * value:6.2f}")
     if args.json:

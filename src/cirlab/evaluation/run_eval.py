@@ -12,14 +12,13 @@ from cirlab.training.trainer import EvalFn, resolve_device
 
 
 def make_eval_fn(config: TrainConfig, split: str | None = None, progress: bool = True) -> EvalFn:
-    """An evaluation callback for the trainer; the eval split is opened once, on first use."""
-    cache: dict[str, Any] = {}
+    """An evaluation callback for the trainer. The eval split is opened now, before any training, so that
+    missing or malformed evaluation data stops the run at once instead of after hours of training."""
+    dataset = open_dataset(config, split or config.eval_split)
 
     def evaluate(model: CompositionModel) -> dict[str, Any]:
-        if "dataset" not in cache:
-            cache["dataset"] = open_dataset(config, split or config.eval_split)
         transform = make_transform(config, model, train=False)
-        return evaluate_dataset(model, cache["dataset"], transform, config.eval_batch_size, progress)
+        return evaluate_dataset(model, dataset, transform, config.eval_batch_size, progress)
 
     return evaluate
 
