@@ -120,6 +120,9 @@ def test_adding_can_switch_kind_from_the_stored_vectors(tiny_run: Path, tmp_path
     assert summary.kind == "hnsw" and summary.added == 2
     assert json.loads((tmp_path / "index" / "index.json").read_text())["kind"] == "hnsw"
     assert (tmp_path / "index" / "faiss.index").is_file()
+    (tmp_path / "index" / "faiss.index").write_bytes(b"garbage")
+    with pytest.raises(CirlabError, match="cannot read .*faiss.index"):
+        GalleryIndex.open(tmp_path / "index")
 
 
 def test_a_crash_mid_write_leaves_the_previous_index_intact(tiny_run: Path, tmp_path: Path,

@@ -133,7 +133,10 @@ class FaissSearcher(Searcher):
         path = directory / FAISS_FILE
         if not path.is_file():
             raise CirlabError(f"index {directory} ({self.kind}) lacks {FAISS_FILE}; rebuild it with `cirlab index`")
-        self.index = _faiss().read_index(str(path))
+        try:
+            self.index = _faiss().read_index(str(path))
+        except RuntimeError as exc:  # FAISS reports damaged files as RuntimeError
+            raise CirlabError(f"cannot read {path} (damaged?): {str(exc).splitlines()[0]}") from None
         if self.index.d != self.dim or self.index.ntotal != len(vectors):
             raise CirlabError(f"{path} holds {self.index.ntotal} x {self.index.d} vectors but the index lists "
                               f"{len(vectors)} x {self.dim}; rebuild it with `cirlab index`")
@@ -172,14 +175,14 @@ class IVFPQSearcher(FaissSearcher):
     so only those rows are read), so the PQ only has to shortlist. Fast-scan codes train in seconds where
     8-bit PQ training took minutes on a 2-core CPU (bench/index_bench.py). Params: `nlist` (coarse cells,
     default about sqrt(N), a power of two), `pq_m` (sub-quantisers, default dim / 8), `nprobe` (cells visited
-    per query, 32), `rerank` (10), `train_size` (vectors the k-means sees, default 64 x nlist; FAISS needs at
+    per query, 32), `rerank` (30), `train_size` (vectors the k-means sees, default 64 x nlist; FAISS needs at
     least 39 x nlist). Images added later are encoded with the cells and codebooks trained at build time;
     rebuild the index from scratch (`cirlab index` without `--add`) after the gallery has grown a lot.
     """
 
     kind = "ivfpq"
     needs_vectors_in_memory = False
-    defaults: ClassVar[dict[str, int]] = {"nprobe": 32, "rerank": 10}
+    defaults: ClassVar[dict[str, int]] = {"nprobe": 32, "rerank": 30}
 
     def __init__(self, dim: int, params: dict[str, Any] | None = None) -> None:
         super().__init__(dim, {**self.defaults, **(params or {})})
