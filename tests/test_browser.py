@@ -58,6 +58,7 @@ def test_pick_search_click_to_refine_in_chromium(server_url: str, tiny_css: Path
         pytest.skip(f"chromium not found at {CHROMIUM} (install Debian's chromium package to run this test)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     expect = sync_api.expect
+    expect.set_options(timeout=20_000)  # generous for a busy CI machine; a passing run never waits this long
     problems: list[str] = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -41,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
         raise CirlabError(f"--port must be in 1..65535, got {args.port}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(args.threads)
+        except ImportError:
+            pass
     index_dir = args.index_dir if args.index_dir is not None else demo_index(args.demo_dir)
     retriever = Retriever.open(index_dir, args.run)
     allowed = {"localhost", "127.0.0.1", "::1", args.host} if is_loopback(args.host) else None
