@@ -110,6 +110,7 @@ def test_the_page_and_its_assets_are_served(client: TestClient) -> None:
     assert client.get("/static/app.css").status_code == 200
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "no-referrer"
 
 
 @pytest.mark.parametrize(("data", "status", "message"), [
