@@ -24,7 +24,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -165,7 +165,7 @@ def decode_upload(data: bytes, limits: Limits) -> Image.Image:
                 raise HTTPException(413, f"image: {width} x {height} pixels is over the limit of "
                                          f"{limits.max_pixels} pixels")
             img.load()
-            return img.convert("RGB")
+            return (ImageOps.exif_transpose(img) or img).convert("RGB")  # phone photos: apply EXIF rotation
     except UnidentifiedImageError:
         raise HTTPException(400, f"image: not a decodable image (accepted: {', '.join(UPLOAD_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
