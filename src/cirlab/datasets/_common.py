@@ -146,6 +146,18 @@ class ImageListDataset(CIRDataset):
             self._reported.add(key)
             print(f"cirlab: {where}: {summary} dropped (skip_missing)", file=sys.stderr, flush=True)
 
+    def listed_pairs(self) -> list[TrainPair]:
+        """The training triplets the annotation files list (Shoes, CIRR). Datasets that compose their pairs
+        otherwise (Fashion200k, MIT-States, FashionIQ's caption orderings) override the two methods below."""
+        raise NotImplementedError
+
+    def train_texts(self) -> list[str]:
+        return [p.text for p in self.listed_pairs()]
+
+    def sample_pairs(self, rng: np.random.Generator, n: int) -> list[TrainPair]:
+        pairs = self.listed_pairs()
+        return [pairs[rng.integers(len(pairs))] for _ in range(n)]
+
     def usable_pairs(self, pairs: list[TrainPair]) -> list[TrainPair]:
         """Training pairs whose two images exist, after applying the missing-image policy."""
         missing = self.missing_mask()

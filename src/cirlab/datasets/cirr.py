@@ -103,7 +103,7 @@ class CIRRDataset(ImageListDataset):
                              query_id=str(entry["pairid"]), candidates=candidates))
         return out
 
-    def _training_pairs(self) -> list[TrainPair]:
+    def listed_pairs(self) -> list[TrainPair]:
         if self._pairs is None:
             if self.split == "test1":
                 raise CirlabError("cirr test1 has no targets; train on 'train'")
@@ -111,13 +111,6 @@ class CIRRDataset(ImageListDataset):
             if not self._pairs:
                 raise CirlabError(f"cirr {self.split}: no usable training pairs")
         return self._pairs
-
-    def train_texts(self) -> list[str]:
-        return [p.text for p in self._training_pairs()]
-
-    def sample_pairs(self, rng: np.random.Generator, n: int) -> list[TrainPair]:
-        pairs = self._training_pairs()
-        return [pairs[rng.integers(len(pairs))] for _ in range(n)]
 
     def build_eval_sets(self) -> list[EvalSet]:
         gallery = list(range(len(self)))

@@ -85,19 +85,12 @@ class ShoesDataset(ImageListDataset):
     def find_missing(self) -> np.ndarray:
         return ~self._found
 
-    def _training_pairs(self) -> list[TrainPair]:
+    def listed_pairs(self) -> list[TrainPair]:
         if self._pairs is None:
             self._pairs = self.usable_pairs([TrainPair(s, text, t) for s, text, t in self.triplets])
             if not self._pairs:
                 raise CirlabError(f"shoes {self.split}: no usable training pairs")
         return self._pairs
-
-    def train_texts(self) -> list[str]:
-        return [p.text for p in self._training_pairs()]
-
-    def sample_pairs(self, rng: np.random.Generator, n: int) -> list[TrainPair]:
-        pairs = self._training_pairs()
-        return [pairs[rng.integers(len(pairs))] for _ in range(n)]
 
     def build_eval_sets(self) -> list[EvalSet]:
         gallery = list(range(len(self)))

@@ -6,6 +6,8 @@ position ranks first), exactly as a stable sort by descending score would order 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -14,6 +16,21 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 24  # chunk x gallery scores held at once (64 MB o
 
 def _chunk_size(num_gallery: int, chunk: int | None) -> int:
     return chunk or max(1, DEFAULT_CHUNK_ELEMENTS // max(1, num_gallery))
+
+
+def _score_chunks(queries: torch.Tensor, gallery: torch.Tensor, exclude: np.ndarray | None, chunk: int | None
+                  ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, stop, scores of queries[start:stop] against the gallery), excluded positions set to -inf."""
+    nq = queries.shape[0]
+    step = _chunk_size(gallery.shape[0], chunk)
+    for start in range(0, nq, step):
+        stop = min(nq, start + step)
+        scores = queries[start:stop] @ gallery.t()
+        if exclude is not None:
+            ex = torch.as_tensor(np.asarray(exclude[start:stop]))
+            rows = torch.nonzero(ex >= 0).squeeze(1)
+            scores[rows, ex[rows]] = -torch.inf
+        yield start, stop, scores
 
 
 def first_hit_ranks(queries: torch.Tensor, gallery: torch.Tensor, query_labels: dict[str, np.ndarray],
@@ -25,17 +42,10 @@ def first_hit_ranks(queries: torch.Tensor, gallery: torch.Tensor, query_labels: 
     position from query q's ranking. Scores are dot products (pass normalised vectors for cosine).
     """
     nq, ng = queries.shape[0], gallery.shape[0]
-    step = _chunk_size(ng, chunk)
     positions = torch.arange(ng)
     g_labels = {k: torch.as_tensor(np.asarray(v)) for k, v in gallery_labels.items()}
     out = {k: np.empty(nq, dtype=np.int64) for k in query_labels}
-    for start in range(0, nq, step):
-        stop = min(nq, start + step)
-        scores = queries[start:stop] @ gallery.t()
-        if exclude is not None:
-            ex = torch.as_tensor(np.asarray(exclude[start:stop]))
-            rows = torch.nonzero(ex >= 0).squeeze(1)
-            scores[rows, ex[rows]] = -torch.inf
+    for start, stop, scores in _score_chunks(queries, gallery, exclude, chunk):
         for kind, q_labels in query_labels.items():
             ql = torch.as_tensor(np.asarray(q_labels[start:stop]))
             relevant = (g_labels[kind][None, :] == ql[:, None]) & torch.isfinite(scores)
@@ -61,16 +71,9 @@ def topk_chunked(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude: 
     """Top-k scores and gallery positions per query, (Q, k) each, computed chunk by chunk."""
     nq, ng = queries.shape[0], gallery.shape[0]
     k = min(k, ng)
-    step = _chunk_size(ng, chunk)
     scores_out = torch.empty(nq, k, dtype=queries.dtype)
     index_out = torch.empty(nq, k, dtype=torch.long)
-    for start in range(0, nq, step):
-        stop = min(nq, start + step)
-        scores = queries[start:stop] @ gallery.t()
-        if exclude is not None:
-            ex = torch.as_tensor(np.asarray(exclude[start:stop]))
-            rows = torch.nonzero(ex >= 0).squeeze(1)
-            scores[rows, ex[rows]] = -torch.inf
+    for start, stop, scores in _score_chunks(queries, gallery, exclude, chunk):
         top = torch.topk(scores, k, dim=1)
         scores_out[start:stop], index_out[start:stop] = top.values, top.indices
     return scores_out, index_out
