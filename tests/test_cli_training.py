@@ -189,3 +189,26 @@ def test_empty_modification_text_in_css_file_is_rejected(tmp_path: Path, tiny_cs
     np.save(tmp_path / "css_toy_dataset_novel2_small.dup.npy", data, allow_pickle=True)
     with pytest.raises(CirlabError, match="test mod 0 is malformed"):
         build_dataset("css", tmp_path, "test", preload=False)
+
+
+def test_demo_writes_report_chart_and_examples(tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    proc = cirlab("demo", "--out", str(out), "--iters", "4", "--minutes", "5", "--train-images", "120",
+                  "--test-images", "60")
+    for name in ("report.md", "recall.png", "examples.png"):
+        assert (out / name).is_file() and str(out / name) in proc.stdout, name
+    result = json.loads((out / "run" / "eval_test.json").read_text())
+    assert json.loads((out / "run" / "metrics.json").read_text())["iterations"] == 4
+    assert result["queries"] > 0 and result["gallery"] == 60
+    report = (out / "report.md").read_text()
+    assert f"| {100 * result['recall@1']:.2f} | {100 * result['recall@5']:.2f} |" in report
+    recall_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("Recall@1 "))
+    assert float(recall_line.split()[-1]) == round(100 * result["recall@1"], 2)
+    with Image.open(out / "examples.png") as grid:
+        assert grid.width > 600 and grid.height > 6 * 112
+    with Image.open(out / "recall.png") as chart:
+        assert chart.size[1] == 360
+    again = cirlab("demo", "--out", str(out), "--iters", "4", "--minutes", "5")
+    assert "reusing the finished run" in again.stdout

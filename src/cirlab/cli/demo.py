@@ -18,7 +18,7 @@ from cirlab.models import ModelConfig
 from cirlab.training import TrainConfig, Trainer, load_run, open_dataset
 from cirlab.training.checkpoint import has_checkpoint
 from cirlab.utils.errors import CirlabError
-from cirlab.utils.io import read_json
+from cirlab.utils.io import read_json, write_json_atomic
 
 #: The demo's recipe: chosen with bench/css_budget_sweep.py to reach a useful Recall@1 within minutes on a CPU.
 DEMO_ITERS = 3000
@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=DEMO_ITERS, help="training iterations (if time allows)")
     p.add_argument("--model", default="tirg", help="composition model to train")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-images", type=int, default=None, help="size of a newly generated CSS train split")
+    p.add_argument("--test-images", type=int, default=None, help="size of a newly generated CSS test split")
     p.add_argument("--fresh", action="store_true", help="train again even if a finished run exists")
     p.set_defaults(handler=run)
 
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     data_root, run_dir = out / "data", out / "run"
     print(f"[1/4] CSS benchmark in {data_root}")
     if not (data_root / CSS_FILE).is_file():
-        generate_css(data_root, CSSSynthConfig(seed=args.seed))
+        sizes = {k: v for k, v in (("train_images", args.train_images), ("test_images", args.test_images)) if v}
+        generate_css(data_root, CSSSynthConfig(seed=args.seed, **sizes))
     finished = (run_dir / "metrics.json").is_file() and not read_json(run_dir / "metrics.json").get("interrupted")
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             return 130
     print("[3/4] evaluating on the test split (TIRG's CSS protocol)")
     result = evaluate_run(run_dir, "test")
+    write_json_atomic(run_dir / "eval_test.json", result)
     print("[4/4] writing the report")
     loaded = load_run(run_dir)
     paths = write_report(out, loaded, open_dataset(loaded.config, "test"), result, summary)

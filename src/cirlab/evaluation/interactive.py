@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from cirlab.datasets import CIRDataset
 from cirlab.datasets.css_synth import apply_modification, describe_difference
+from cirlab.evaluation import drawing
 from cirlab.evaluation.evaluator import encode_gallery, encode_queries
 from cirlab.evaluation.recall import topk_chunked
 from cirlab.training import LoadedRun
 from cirlab.utils.errors import CirlabError
-from cirlab.utils.io import atomic_path
 
 Scene = Sequence[Mapping[str, Any]]
 
@@ -154,19 +154,12 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
 def success_curve_png(result: dict[str, Any], path: str | Path) -> Path:
     """Success@K and @1 against the turn, drawn with PIL (matplotlib is not a dependency)."""
     width, height, left, right, top, bottom = 720, 440, 70, 170, 50, 60
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    font, small = _font(16), _font(13)
+    font, small = drawing.font(16), drawing.font(13)
     rows = result["turns"]
     turns = max(1, rows[-1]["turn"])
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -196,6 +189,4 @@ def success_curve_png(result: dict[str, Any], path: str | Path) -> Path:
         legend_y = top + 8 + 24 * i
         draw.line([(left + plot_w + 14, legend_y + 7), (left + plot_w + 34, legend_y + 7)], fill=colour, width=3)
         draw.text((left + plot_w + 40, legend_y), f"{label}", fill="black", font=small)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    return Path(path)
+    return drawing.save_png(image, path)

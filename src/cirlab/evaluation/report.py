@@ -12,28 +12,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from cirlab.datasets import CIRDataset, EvalSet
+from cirlab.evaluation import drawing
 from cirlab.evaluation.evaluator import encode_gallery, encode_queries
 from cirlab.evaluation.recall import topk_chunked
 from cirlab.training import LoadedRun
-from cirlab.utils.io import atomic_path, write_text_atomic
+from cirlab.utils.io import write_text_atomic
 
 HIT, MISS, INK, BAR = (30, 160, 60), (210, 50, 50), (30, 30, 30), (60, 110, 200)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _save_png(image: Image.Image, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    return path
 
 
 def recall_bar_chart(metrics: dict[str, float], title: str, path: Path) -> Path:
@@ -42,7 +30,7 @@ def recall_bar_chart(metrics: dict[str, float], title: str, path: Path) -> Path:
     width, height, margin = 120 + 90 * len(keys), 360, 50
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    font, small = _font(16), _font(13)
+    font, small = drawing.font(16), drawing.font(13)
     draw.text((margin, 12), title, fill=INK, font=font)
     base_y, top_y = height - margin, 60
     draw.line([(margin, base_y), (width - 20, base_y)], fill=INK, width=2)
@@ -57,7 +45,7 @@ def recall_bar_chart(metrics: dict[str, float], title: str, path: Path) -> Path:
         draw.rectangle([x0, y0, x0 + 50, base_y], fill=BAR)
         draw.text((x0, y0 - 18), f"{value:.1f}", fill=INK, font=small)
         draw.text((x0, base_y + 8), key.replace("recall", "R"), fill=INK, font=small)
-    return _save_png(img, path)
+    return drawing.save_png(img, path)
 
 
 def _pick_queries(eval_set: EvalSet, count: int, seed: int) -> list[int]:
@@ -81,7 +69,7 @@ def example_grid(run: LoadedRun, dataset: CIRDataset, path: Path, count: int = 6
     height = 40 + len(picked) * (cell + text_h + pad)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    font, small = _font(15), _font(12)
+    font, small = drawing.font(15), drawing.font(12)
     draw.text((pad, 10), f"reference | top-{top} results (green = correct, red = wrong)", fill=INK, font=font)
     for row, q in enumerate(picked):
         y = 40 + row * (cell + text_h + pad)
@@ -97,7 +85,7 @@ def example_grid(run: LoadedRun, dataset: CIRDataset, path: Path, count: int = 6
             draw.rectangle([x, y, x + cell, y + cell], fill=HIT if hit else MISS)
             img.paste(thumb, (x + 4, y + 4))
             draw.text((x + 2, y + cell + 1), f"#{col + 1}", fill=INK, font=small)
-    return _save_png(img, path)
+    return drawing.save_png(img, path)
 
 
 def recall_table(metrics: dict[str, float]) -> str:
