@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from cirlab.evaluation import evaluate_run
+from cirlab.evaluation import evaluate_run, make_cached_eval_fn
 from cirlab.models import build_model
 from cirlab.training import TrainConfig, Trainer, make_transform, open_dataset
 from cirlab.training import feature_cache as fc
-from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache, make_cached_eval_fn
+from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache
 from cirlab.training.trainer import PairBatches
 from cirlab.utils.errors import CirlabError
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.datasets import DATASETS
-from cirlab.evaluation import make_eval_fn
+from cirlab.evaluation import make_cached_eval_fn, make_eval_fn
 from cirlab.losses import LOSSES
 from cirlab.models import MODELS, ModelConfig
 from cirlab.training import TrainConfig, Trainer, distributed, load_config
 from cirlab.training.checkpoint import has_checkpoint
-from cirlab.training.feature_cache import make_cached_eval_fn
 from cirlab.training.trainer import resolve_device
 from cirlab.utils.errors import CirlabError
 

@@ -90,20 +90,29 @@ def score_eval_set(eval_set: EvalSet, query_feats: torch.Tensor, gallery_feats: 
     return metrics
 
 
-def evaluate_dataset(model: CompositionModel, dataset: CIRDataset, transform: ImageTransformFn,
-                     batch_size: int = 128, progress: bool = True) -> dict[str, Any]:
-    """Evaluate on every EvalSet of `dataset`; returns headline metrics, per-set metrics and counts."""
-    sets = dataset.eval_sets()
-    needed = sorted({int(i) for s in sets for i in s.gallery_images})
-    feats = encode_gallery(model, dataset, needed, transform, batch_size, progress)
-    row = {img: r for r, img in enumerate(needed)}
+def score_eval_sets(dataset: CIRDataset, sets: list[EvalSet],
+                    gallery_feats: Callable[[EvalSet], torch.Tensor],
+                    query_feats: Callable[[EvalSet], torch.Tensor]) -> dict[str, Any]:
+    """Score every EvalSet from its gallery and query vectors; returns headline metrics, per-set metrics, counts
+    and the protocol statement. How the vectors are made (images end to end, or cached features) is the caller's."""
     per_set: dict[str, dict[str, float]] = {}
     queries = gallery = 0
     for s in sets:
-        q = encode_queries(model, dataset, s.query_images, s.query_texts, transform, batch_size, progress)
-        g = feats[torch.as_tensor([row[int(i)] for i in s.gallery_images], dtype=torch.long)]
-        per_set[s.name] = score_eval_set(s, q, g)
+        per_set[s.name] = score_eval_set(s, query_feats(s), gallery_feats(s))
         queries += s.num_queries
         gallery += len(s.gallery_images)
     return {"metrics": dataset.summarize(per_set), "per_set": per_set, "queries": queries, "gallery": gallery,
             "protocol": "; ".join(dict.fromkeys(s.protocol for s in sets if s.protocol))}
+
+
+def evaluate_dataset(model: CompositionModel, dataset: CIRDataset, transform: ImageTransformFn,
+                     batch_size: int = 128, progress: bool = True) -> dict[str, Any]:
+    """Evaluate on every EvalSet of `dataset`, encoding each gallery image once across all sets."""
+    sets = dataset.eval_sets()
+    needed = sorted({int(i) for s in sets for i in s.gallery_images})
+    feats = encode_gallery(model, dataset, needed, transform, batch_size, progress)
+    row = {img: r for r, img in enumerate(needed)}
+    return score_eval_sets(
+        dataset, sets,
+        lambda s: feats[torch.as_tensor([row[int(i)] for i in s.gallery_images], dtype=torch.long)],
+        lambda s: encode_queries(model, dataset, s.query_images, s.query_texts, transform, batch_size, progress))

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cirlab.evaluation.evaluator import evaluate_dataset
+import torch
+import torch.nn.functional as F
+
+from cirlab.evaluation.evaluator import evaluate_dataset, score_eval_sets
 from cirlab.models import CompositionModel
 from cirlab.training import TrainConfig, load_model, make_transform, open_dataset
+from cirlab.training.feature_cache import FeatureCache, build_feature_cache
 from cirlab.training.trainer import EvalFn, resolve_device
 
 
@@ -19,6 +23,38 @@ def make_eval_fn(config: TrainConfig, split: str | None = None, progress: bool =
     def evaluate(model: CompositionModel) -> dict[str, Any]:
         transform = make_transform(config, model, train=False)
         return evaluate_dataset(model, dataset, transform, config.eval_batch_size, progress)
+
+    return evaluate
+
+
+def make_cached_eval_fn(config: TrainConfig, run_dir: Path, split: str | None = None, progress: bool = True,
+                        batch_size: int = 512) -> EvalFn:
+    """An evaluation callback that scores on cached features of the eval split (the cache is built on first use,
+    when the model's frozen encoders exist; the split itself is opened now, like `make_eval_fn`)."""
+    split = split or config.eval_split
+    dataset = open_dataset(config, split)
+    sets = dataset.eval_sets()
+    state: dict[str, FeatureCache] = {}
+
+    @torch.no_grad()
+    def evaluate(model: CompositionModel) -> dict[str, Any]:
+        if "cache" not in state:
+            texts = [t for s in sets for t in s.query_texts]
+            state["cache"] = build_feature_cache(model, dataset, make_transform(config, model, train=False), run_dir,
+                                                 split, texts, progress)
+        cache, device = state["cache"], next(model.parameters()).device
+        model.eval()
+
+        def in_batches(count: int, fn: Any) -> torch.Tensor:
+            return torch.cat([F.normalize(fn(slice(i, i + batch_size)), dim=-1).float().cpu()
+                              for i in range(0, count, batch_size)])
+
+        return score_eval_sets(
+            dataset, sets,
+            lambda s: in_batches(len(s.gallery_images), lambda b: model.target_features(
+                cache.image_feats(s.gallery_images[b], device))),
+            lambda s: in_batches(s.num_queries, lambda b: model.compose_features(
+                cache.image_feats(s.query_images[b], device), cache.text_feats(s.query_texts[b], device))))
 
     return evaluate
 

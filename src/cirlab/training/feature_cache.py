@@ -26,8 +26,6 @@ from tqdm import tqdm
 from cirlab.datasets import CIRDataset
 from cirlab.datasets.transforms import ImageTransform
 from cirlab.models import CompositionModel
-from cirlab.training.config import TrainConfig
-from cirlab.training.run_dir import make_transform, open_dataset
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import load_tensors, read_json, save_tensors_atomic, write_json_atomic
 
@@ -155,40 +153,3 @@ class CachedPairBatches(Dataset):
         src, texts, tgt = batch
         return (self.cache.image_feats(src, device), self.cache.text_feats(texts, device),
                 self.cache.image_feats(tgt, device))
-
-
-def make_cached_eval_fn(config: TrainConfig, run_dir: Path, split: str | None = None, progress: bool = True,
-                        batch_size: int = 512) -> Any:
-    """An evaluation callback that scores on cached features of the eval split (built on first use)."""
-    state: dict[str, Any] = {}
-    split = split or config.eval_split
-
-    @torch.no_grad()
-    def evaluate(model: CompositionModel) -> dict[str, Any]:
-        from cirlab.evaluation.evaluator import score_eval_set  # evaluation sits above training
-
-        if "dataset" not in state:
-            state["dataset"] = open_dataset(config, split)
-            state["sets"] = state["dataset"].eval_sets()
-            texts = [t for s in state["sets"] for t in s.query_texts]
-            state["cache"] = build_feature_cache(model, state["dataset"], make_transform(config, model, train=False),
-                                                 run_dir, split, texts, progress)
-        cache: FeatureCache = state["cache"]
-        device = next(model.parameters()).device
-        model.eval()
-        per_set, queries, gallery = {}, 0, 0
-        for s in state["sets"]:
-            g = torch.cat([F.normalize(model.target_features(cache.image_feats(s.gallery_images[i:i + batch_size],
-                                                                               device)), dim=-1).float().cpu()
-                           for i in range(0, len(s.gallery_images), batch_size)])
-            q = torch.cat([
-                F.normalize(model.compose_features(cache.image_feats(s.query_images[i:i + batch_size], device),
-                                                   cache.text_feats(s.query_texts[i:i + batch_size], device)),
-                            dim=-1).float().cpu() for i in range(0, s.num_queries, batch_size)])
-            per_set[s.name] = score_eval_set(s, q, g)
-            queries, gallery = queries + s.num_queries, gallery + len(s.gallery_images)
-        return {"metrics": state["dataset"].summarize(per_set), "per_set": per_set, "queries": queries,
-                "gallery": gallery, "protocol": "; ".join(dict.fromkeys(s.protocol for s in state["sets"]
-                                                                        if s.protocol))}
-
-    return evaluate
