@@ -32,7 +32,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "tirg": ("small_cnn + LSTM", ["--model", "tirg", *SGD]),
     "composeae": ("small_cnn + LSTM", ["--model", "composeae", *SGD]),
     "realspace_concat_ae": ("small_cnn + LSTM", ["--model", "realspace_concat_ae", *SGD]),
-    "composeae_xattn": ("small_cnn + LSTM", ["--model", "composeae_xattn", *SGD]),
+    "composeae_xattn": ("small_cnn + LSTM", ["--model", "composeae_xattn", *SGD, "--grad-clip", "5"]),
     "film_san": ("small_cnn + LSTM", ["--model", "film_san", *SGD, "--model-option", "film_channels=256"]),
     "crn": ("2x (small_cnn + LSTM)", ["--model", "crn", *ADAM, "--lr", "1e-3", "--loss", "batch_based_classification"]),
     "combiner": ("small_cnn + LSTM", ["--model", "combiner", *ADAM, "--loss", "batch_based_classification"]),
