@@ -7,11 +7,13 @@ are summarised) is expressed through `EvalSet` and `CIRDataset.summarize`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from cirlab.utils.errors import CirlabError
@@ -91,6 +93,10 @@ class CIRDataset:
 
     def load_image(self, index: int) -> Image.Image:
         return load_rgb(self.image_path(index))
+
+    def load_batch(self, indices: Sequence[int], transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+        """Images `indices`, each preprocessed by `transform`, stacked into one (B, C, H, W) batch."""
+        return torch.stack([transform(self.load_image(int(i))) for i in indices])
 
     # training -----------------------------------------------------------------------------------
     def train_texts(self) -> list[str]:

@@ -22,12 +22,6 @@ from cirlab.training import distributed
 ImageTransformFn = Callable[..., torch.Tensor]
 
 
-def load_batch(dataset: CIRDataset, indices: Sequence[int], transform: ImageTransformFn,
-               device: torch.device | None = None) -> torch.Tensor:
-    batch = torch.stack([transform(dataset.load_image(int(i))) for i in indices])
-    return batch if device is None else batch.to(device)
-
-
 def model_device(model: CompositionModel) -> torch.device:
     return next(model.parameters()).device
 
@@ -45,7 +39,7 @@ def encode_gallery(model: CompositionModel, dataset: CIRDataset, indices: Sequen
     out = []
     bar = tqdm(range(0, len(mine), batch_size), desc=desc, disable=not (progress and ctx.is_main), leave=False)
     for start in bar:
-        batch = load_batch(dataset, mine[start:start + batch_size], transform, model_device(model))
+        batch = dataset.load_batch(mine[start:start + batch_size], transform).to(model_device(model))
         out.append(F.normalize(model.embed_target(batch), dim=-1).float().cpu())
     local = torch.cat(out) if out else torch.empty(0, model.embed_dim)
     return distributed.gather_shards(local, len(indices), ctx)
@@ -62,7 +56,7 @@ def encode_queries(model: CompositionModel, dataset: CIRDataset, images: Sequenc
     bar = tqdm(range(0, len(rows), batch_size), desc="queries", disable=not (progress and ctx.is_main), leave=False)
     for start in bar:
         chunk = rows[start:start + batch_size]
-        batch = load_batch(dataset, [images[r] for r in chunk], transform, model_device(model))
+        batch = dataset.load_batch([images[r] for r in chunk], transform).to(model_device(model))
         out.append(F.normalize(model.compose(batch, [texts[r] for r in chunk]), dim=-1).float().cpu())
     local = torch.cat(out) if out else torch.empty(0, model.embed_dim)
     return distributed.gather_shards(local, len(images), ctx)

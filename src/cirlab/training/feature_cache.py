@@ -102,8 +102,7 @@ def encode_all(model: CompositionModel, dataset: CIRDataset, transform: ImageTra
     device = next(model.parameters()).device
     chunks = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="cache images", disable=not progress, leave=False):
-        batch = torch.stack([transform(dataset.load_image(i)) for i in range(start, min(start + batch_size,
-                                                                                        len(dataset)))])
+        batch = dataset.load_batch(range(start, min(start + batch_size, len(dataset))), transform)
         chunks.append({k: v.cpu() for k, v in _flatten(model.encode_image(batch.to(device))).items()})
     text_list = list(dict.fromkeys(texts))
     text_chunks = [{k: v.cpu() for k, v in _flatten(model.encode_text(text_list[s:s + batch_size])).items()}
