@@ -80,10 +80,14 @@ class CompositionModel(nn.Module):
         """Frozen encoders stay in eval mode (fixed BN statistics, no dropout), so that their features are the
         same in training, in evaluation and in the feature cache."""
         super().train(mode)
-        for encoder in (self.image_encoders() if self.config.freeze_image else []) + (
-                self.text_encoders() if self.config.freeze_text else []):
+        for encoder in self.frozen_encoders():
             encoder.eval()
         return self
+
+    def frozen_encoders(self) -> list[nn.Module]:
+        """The encoders the config freezes (`freeze_image`, `freeze_text`)."""
+        return ((self.image_encoders() if self.config.freeze_image else [])
+                + (self.text_encoders() if self.config.freeze_text else []))
 
     def image_encoders(self) -> list[nn.Module]:
         """Every image encoder of the model (CRN has one per branch): freezing and the backbone lr apply to all."""
@@ -171,7 +175,6 @@ def build_model(config: ModelConfig, texts: list[str] | None = None, assets_dir:
         EncoderSpec(out_dim=config.text_dim, weights=config.text_weights, options=dict(config.text_options)),
         texts=texts, assets_dir=assets_dir)
     model = model_cls(config, image_encoder, text_encoder)
-    for encoder in (model.image_encoders() if config.freeze_image else []) + (
-            model.text_encoders() if config.freeze_text else []):
+    for encoder in model.frozen_encoders():
         encoder.requires_grad_(False)
     return model
