@@ -1,0 +1,1 @@
+"""Parity with the released reference code: the harness and one module of case runners per model family."""

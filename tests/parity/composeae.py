@@ -1,0 +1,1 @@
+"""Parity runners: composeae fixtures (filled in by the model-family owner)."""

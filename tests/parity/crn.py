@@ -1,0 +1,1 @@
+"""Parity runners: crn fixtures (filled in by the model-family owner)."""

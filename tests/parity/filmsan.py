@@ -1,0 +1,1 @@
+"""Parity runners: filmsan fixtures (filled in by the model-family owner)."""

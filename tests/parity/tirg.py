@@ -1,0 +1,1 @@
+"""Parity runners: tirg fixtures (filled in by the model-family owner)."""
