@@ -82,6 +82,24 @@ def test_truncated_file_is_a_user_error(tmp_path: Path) -> None:
 
 def test_unknown_option_is_a_user_error(tmp_path: Path) -> None:
     root = original_css(tmp_path / "css")
-    with pytest.raises(CirlabError, match="unknown dataset option.*'colour'.*known: preload, render, skip_missing"):
+    with pytest.raises(CirlabError,
+                       match="unknown dataset option.*'colour'.*known: preload, render, sampling, skip_missing"):
         build_dataset("css", root, "test", colour="red")
     assert build_dataset("css", root, "test", skip_missing=True, preload="false").render == "2d"
+
+
+def test_released_sampling_pairs_two_mods_of_one_source(tiny_css: Path) -> None:
+    """google/tirg's CSS sampler: query 2k+1 reuses query 2k's source image with a different mod."""
+    ds = build_dataset("css", tiny_css, "train")
+    pairs = ds.sample_pairs(np.random.default_rng(0), 64)
+    assert len(pairs) == 64
+    shared = [(a, b) for a, b in zip(pairs[0::2], pairs[1::2], strict=True) if a.source == b.source]
+    assert len(shared) == 32 and all(a.text != b.text for a, b in shared)
+    pairs_of_mod = {(int(f), str(m["to_str"]), int(t))
+                    for m in ds.mods for f, t in zip(m["from"], m["to"], strict=True)}
+    assert all((p.source, p.text, p.target) in pairs_of_mod for p in pairs)
+    independent = build_dataset("css", tiny_css, "train", sampling="independent").sample_pairs(
+        np.random.default_rng(0), 64)
+    assert sum(a.source == b.source for a, b in zip(independent[0::2], independent[1::2], strict=True)) < 8
+    with pytest.raises(CirlabError, match="sampling must be one of paired, independent"):
+        build_dataset("css", tiny_css, "train", sampling="pairs")

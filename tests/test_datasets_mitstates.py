@@ -63,8 +63,8 @@ def test_test_queries_enumerate_every_other_adjective(mit: Path) -> None:
     assert sorted(complete.query_texts) == ["broken glass", "fresh fish", "fresh fish", "fresh glass", "sliced fish"]
 
 
-def test_training_pairs_share_the_noun_and_change_the_adjective(mit: Path) -> None:
-    ds = build_dataset("mitstates", mit, "train")
+def test_independent_training_pairs_share_the_noun_and_change_the_adjective(mit: Path) -> None:
+    ds = build_dataset("mitstates", mit, "train", sampling="independent")
     pairs = ds.sample_pairs(np.random.default_rng(0), 200)
     for p in pairs:
         assert ds.nouns[p.source] == ds.nouns[p.target] and ds.adjs[p.source] != ds.adjs[p.target]
@@ -72,6 +72,20 @@ def test_training_pairs_share_the_noun_and_change_the_adjective(mit: Path) -> No
     assert "huge tree" not in {ds.captions[p.source] for p in pairs}  # tree has one adjective: no pair
     assert {ds.captions[p.target] for p in pairs} == {"ripe apple", "rotten apple", "old car", "new car", "shiny car"}
     assert ds.stats()["training_pairs"] == 9
+
+
+def test_released_sampling_pairs_two_adjectives_on_one_source(mit: Path) -> None:
+    """google/tirg: each source is drawn once and used twice in a row, with two different target adjectives
+    of its noun (either may be the source's own)."""
+    ds = build_dataset("mitstates", mit, "train")
+    pairs = ds.sample_pairs(np.random.default_rng(0), 400)
+    firsts, seconds = pairs[0::2], pairs[1::2]
+    for a, b in zip(firsts, seconds, strict=True):
+        assert a.source == b.source and a.text != b.text
+        assert ds.nouns[a.target] == ds.nouns[b.target] == ds.nouns[a.source]
+        assert a.text == ds.adjs[a.target] and b.text == ds.adjs[b.target]
+    assert any(p.text == ds.adjs[p.source] for p in pairs)  # the release may keep the source's adjective
+    assert len(ds.sample_pairs(np.random.default_rng(1), 5)) == 5  # an odd batch ends with a single query
 
 
 def test_no_images_is_a_clear_error(tmp_path: Path) -> None:

@@ -33,6 +33,16 @@ def as_bool(value: Any, option: str) -> bool:
     raise CirlabError(f"dataset option {option} must be true or false, not {value!r}")
 
 
+SAMPLINGS = ("paired", "independent")
+
+
+def check_sampling(dataset: str, value: Any) -> str:
+    """The `sampling` option of the datasets whose released loaders pair queries (TIRG's CSS and MIT-States)."""
+    if value not in SAMPLINGS:
+        raise CirlabError(f"{dataset}: dataset option sampling must be one of {', '.join(SAMPLINGS)}, not {value!r}")
+    return str(value)
+
+
 def reject_unknown_options(dataset: str, unknown: dict[str, Any], known: Iterable[str]) -> None:
     """A misspelt --dataset-option must fail loudly instead of being silently ignored."""
     if unknown:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cirlab.datasets._common import as_bool, reject_unknown_options
+from cirlab.datasets._common import as_bool, check_sampling, reject_unknown_options
 from cirlab.datasets.base import DATASETS, CIRDataset, EvalSet, TrainPair, load_rgb
 from cirlab.utils.errors import CirlabError
 
@@ -45,6 +45,9 @@ class CSSDataset(CIRDataset):
     """CSS with TIRG's protocol: every (from, to) pair of every test mod is a query; the gallery is every
     test image; the query image is excluded; a hit is any image whose caption (label) equals the target's.
 
+    Training pairs follow google/tirg's sampler by default (`sampling="paired"`): a random (mod, from, to), then
+    the same source image with a different mod, so every batch holds pairs of queries that share a reference
+    (in-batch hard negatives). `sampling="independent"` draws every pair on its own (cirlab <= 0.1).
     Options: `render="auto"|"png"|"2d"` (2d draws TIRG's 64x64 2D scene from the objects instead of reading
     the PNG), `preload=True` keeps the decoded split in memory (small: 64x64 images). `skip_missing` is
     accepted and has no effect: a missing PNG is an error (or use render=2d).
@@ -56,8 +59,9 @@ class CSSDataset(CIRDataset):
     flip_ok = False
 
     def __init__(self, root: str | Path, split: str, render: str = "auto", preload: Any = True,
-                 skip_missing: Any = False, **options: Any) -> None:
-        reject_unknown_options(self.name, options, ("render", "preload", "skip_missing"))
+                 skip_missing: Any = False, sampling: str = "paired", **options: Any) -> None:
+        reject_unknown_options(self.name, options, ("render", "preload", "skip_missing", "sampling"))
+        self.sampling = check_sampling(self.name, sampling)
         super().__init__(root, split, render=render, preload=preload)
         if render not in ("auto", "png", "2d"):
             raise CirlabError(f"css: render must be auto, png or 2d, not {render!r}")
@@ -81,6 +85,7 @@ class CSSDataset(CIRDataset):
             if len(mod["from"]) != len(mod["to"]) or not str(mod.get("to_str", "")).strip():
                 raise CirlabError(f"CSS file {Path(root) / CSS_FILE}: {split} mod {m} is malformed")
         self._pairs = [(m, i) for m, mod in enumerate(self.mods) for i in range(len(mod["from"]))]
+        self._sources: dict[int, list[tuple[int, int]]] | None = None
         png0 = self.image_path(0) if self.objects else None
         self.render = ("png" if png0 is not None and png0.is_file() else "2d") if render == "auto" else render
         self._cache: list[Image.Image] | None = None
@@ -107,12 +112,29 @@ class CSSDataset(CIRDataset):
         return [str(mod["to_str"]) for mod in self.mods]
 
     def sample_pairs(self, rng: np.random.Generator, n: int) -> list[TrainPair]:
-        out = []
-        for _ in range(n):
-            mod = self.mods[int(rng.integers(len(self.mods)))]
-            i = int(rng.integers(len(mod["from"])))
-            out.append(TrainPair(int(mod["from"][i]), str(mod["to_str"]), int(mod["to"][i])))
+        out: list[TrainPair] = []
+        while len(out) < n:
+            m = int(rng.integers(len(self.mods)))
+            i = int(rng.integers(len(self.mods[m]["from"])))
+            out.append(self._pair(m, i))
+            if self.sampling == "paired" and len(out) < n:
+                # google/tirg: the second query reuses the source with any (mod, target) of another mod
+                others = [(m2, i2) for m2, i2 in self._mods_from()[out[-1].source] if m2 != m]
+                if others:
+                    out.append(self._pair(*others[int(rng.integers(len(others)))]))
         return out
+
+    def _pair(self, m: int, i: int) -> TrainPair:
+        mod = self.mods[m]
+        return TrainPair(int(mod["from"][i]), str(mod["to_str"]), int(mod["to"][i]))
+
+    def _mods_from(self) -> dict[int, list[tuple[int, int]]]:
+        """source image -> every (mod, pair position) that starts from it (built on first use)."""
+        if self._sources is None:
+            self._sources = {}
+            for m, i in self._pairs:
+                self._sources.setdefault(int(self.mods[m]["from"][i]), []).append((m, i))
+        return self._sources
 
     def queries(self) -> list[TrainPair]:
         """Every (from, to) pair of every mod, in file order."""

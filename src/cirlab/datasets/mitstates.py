@@ -16,6 +16,7 @@ from cirlab.datasets._common import (
     ImageListDataset,
     Query,
     as_bool,
+    check_sampling,
     check_split,
     reject_unknown_options,
     split_stats,
@@ -49,8 +50,12 @@ class MITStatesDataset(ImageListDataset):
 
     Test queries: every test image x every other adjective its noun takes; gallery = all test images; the
     query image is excluded; a hit is an image with the target's "adj noun" (kinds "adj" and "noun" count
-    a hit on that word alone). Training pairs share the noun and differ in adjective.
-    Options: `complete_text_query` (the text is "adj noun"), `skip_missing`.
+    a hit on that word alone).
+    Training pairs follow google/tirg's sampler by default (`sampling="paired"`): a source image, then two
+    targets of its noun whose adjectives differ from each other (either may equal the source's own adjective,
+    as in the release), emitted as two consecutive queries on the same source. `sampling="independent"` draws
+    each pair on its own and always changes the adjective (cirlab <= 0.1).
+    Options: `complete_text_query` (the text is "adj noun"), `sampling`, `skip_missing`.
     """
 
     name = "mitstates"
@@ -58,8 +63,9 @@ class MITStatesDataset(ImageListDataset):
     layout_hint = "<root>/images/<adj noun>/<file>.jpg"
 
     def __init__(self, root: str | Path, split: str, complete_text_query: Any = False, skip_missing: Any = False,
-                 **options: Any) -> None:
-        reject_unknown_options(self.name, options, ("complete_text_query", "skip_missing"))
+                 sampling: str = "paired", **options: Any) -> None:
+        reject_unknown_options(self.name, options, ("complete_text_query", "skip_missing", "sampling"))
+        self.sampling = check_sampling(self.name, sampling)
         super().__init__(root, split, skip_missing=skip_missing, complete_text_query=complete_text_query)
         check_split(self.name, split, self.splits)
         self.complete_text_query = as_bool(complete_text_query, "complete_text_query")
@@ -117,14 +123,21 @@ class MITStatesDataset(ImageListDataset):
     def sample_pairs(self, rng: np.random.Generator, n: int) -> list[TrainPair]:
         index = self._training_index()
         sources = index["sources"]
-        out = []
-        for _ in range(n):
+        out: list[TrainPair] = []
+        while len(out) < n:
             source = int(sources[rng.integers(len(sources))])
             noun = self.nouns[source]
-            others = [a for a in index["noun_adjs"][noun] if a != self.adjs[source]]
-            adj = others[rng.integers(len(others))]
-            targets = index["caption_images"][f"{adj} {noun}"]
-            out.append(TrainPair(source, self.query_text(adj, noun), int(targets[rng.integers(len(targets))])))
+            adjs = index["noun_adjs"][noun]
+            if self.sampling == "independent":
+                others = [a for a in adjs if a != self.adjs[source]]
+                chosen = [others[rng.integers(len(others))]]
+            else:  # google/tirg: two target adjectives of the noun that differ from each other
+                first = int(rng.integers(len(adjs)))
+                second = (first + 1 + int(rng.integers(len(adjs) - 1))) % len(adjs)
+                chosen = [adjs[first], adjs[second]]
+            for adj in chosen[:n - len(out)]:
+                targets = index["caption_images"][f"{adj} {noun}"]
+                out.append(TrainPair(source, self.query_text(adj, noun), int(targets[rng.integers(len(targets))])))
         return out
 
     def test_queries(self) -> list[tuple[int, str]]:
