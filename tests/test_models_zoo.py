@@ -171,6 +171,33 @@ def test_combiner_output_is_normalised_and_scale_fixed() -> None:
     assert model.norm_scale.item() == 100.0 and not model.norm_scale.requires_grad
 
 
+def test_combiner_training_logits_are_100_cosines_scaled_once() -> None:
+    """CLIP4Cir: logits = 100 * q . normalize(t), so the batch loss equals cross-entropy of 100 x cosine
+    (the scale applied to query AND target would give 10^4 x cosine)."""
+    torch.manual_seed(0)
+    model = _model("combiner").eval()
+    src, texts, tgt = _batch(4)
+    s, w, t = model.encode_image(src), model.encode_text(texts), model.encode_image(tgt)
+    cos = model.compose_features(s, w) @ torch.nn.functional.normalize(t, dim=-1).t()
+    expected = torch.nn.functional.cross_entropy(100.0 * cos, torch.arange(4))
+    torch.testing.assert_close(_terms(model, (src, texts, tgt))["base"], expected)
+    d2 = (model.normalize(model.compose_features(s, w))[:, None] - model.normalize(t)[None]).pow(2).sum(-1)
+    torch.testing.assert_close(d2, 100.0 * (2.0 - 2.0 * cos))
+
+
+def test_combiner_loads_a_released_state_dict_and_rejects_a_wrong_one() -> None:
+    from cirlab.models.combiner import REFERENCE_NAMES
+
+    model = _model("combiner", options={"proj_dim": 8, "hidden_dim": 12})
+    released = {k: torch.randn_like(v) for k, v in model.state_dict().items() if k in REFERENCE_NAMES}
+    model.load_reference_state_dict(released)
+    torch.testing.assert_close(model.dynamic_scalar[3].weight, released["dynamic_scalar.3.weight"])
+    with pytest.raises(CirlabError, match="missing"):
+        model.load_reference_state_dict({k: v for k, v in released.items() if k != "output_layer.bias"})
+    with pytest.raises(CirlabError, match="hidden_dim"):
+        model.load_reference_state_dict({**released, "output_layer.weight": torch.zeros(32, 5)})
+
+
 def test_loss_weights_are_overridable() -> None:
     model = _model("composeae", options={"loss_weights": {"symmetry": 0.5}})
     assert model.loss_weights["symmetry"] == 0.5 and model.loss_weights["rec_img"] == 0.1
