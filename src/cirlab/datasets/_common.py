@@ -168,6 +168,10 @@ class ImageListDataset(CIRDataset):
         pairs = self.listed_pairs()
         return [pairs[rng.integers(len(pairs))] for _ in range(n)]
 
+    def epoch_size(self) -> int:
+        """The released loaders iterate over the listed triplets."""
+        return len(self.listed_pairs())
+
     def usable_pairs(self, pairs: list[TrainPair]) -> list[TrainPair]:
         """Training pairs whose two images exist, after applying the missing-image policy."""
         missing = self.missing_mask()

@@ -67,8 +67,11 @@ class CIRDataset:
     name: ClassVar[str] = ""
     #: Default image side length fed to encoders for this benchmark.
     image_size: ClassVar[int] = 224
-    #: Random crops during training (off for CSS, whose positions carry meaning).
+    #: Random crops are label-preserving (false for CSS, whose positions carry meaning); used by augment=crop_flip.
     train_augment: ClassVar[bool] = True
+    #: Learning-rate multiplier of an ImageNet-initialised image trunk in the released TIRG/ComposeAE training
+    #: (0.1 on real images; CSS trains its trunk from scratch at 1.0).
+    backbone_lr_mult: ClassVar[float] = 0.1
     #: Horizontal flips are label-preserving (false when texts say "left"/"right").
     flip_ok: ClassVar[bool] = True
     #: The splits `cirlab data stats` counts, and the split with public targets to evaluate on.
@@ -105,6 +108,10 @@ class CIRDataset:
 
     def sample_pairs(self, rng: np.random.Generator, n: int) -> list[TrainPair]:
         """Draw `n` training pairs using only `rng` (so a batch is a pure function of its seed)."""
+        raise NotImplementedError
+
+    def epoch_size(self) -> int:
+        """Training samples per epoch in the released loaders (`len(trainset)`): what `--num_epochs` counts."""
         raise NotImplementedError
 
     # evaluation ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """CSS (TIRG's synthetic scenes): reads `css_toy_dataset_novel2_small.dup.npy` + `images/`.
 
 The same loader reads the original CSS3D release and the set `cirlab data css` generates. The .npy is a
-pickled dict (NumPy's `allow_pickle`): pickle can run code, so only load files you trust.
+pickled dict; it is read with a restricted unpickler (`cirlab.utils.safe_pickle`) that never runs code from the
+file, then checked field by field (types, lengths, index ranges) so that a damaged file is one error naming the
+file and the field.
 """
 
 from __future__ import annotations
@@ -15,23 +17,80 @@ from PIL import Image
 from cirlab.datasets._common import as_bool, check_sampling, reject_unknown_options
 from cirlab.datasets.base import DATASETS, CIRDataset, EvalSet, TrainPair, load_rgb
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.safe_pickle import load_pickled_npy
 
 CSS_FILE = "css_toy_dataset_novel2_small.dup.npy"
 
 
 def load_css_npy(root: str | Path) -> dict[str, Any]:
-    """Load the CSS .npy dict with errors that name the file (missing, truncated, wrong content)."""
+    """Load and check the CSS .npy dict, with errors that name the file and field (missing, truncated, a name
+    pickle would call, wrong types); nothing in the file is ever run."""
     path = Path(root) / CSS_FILE
     if not path.is_file():
         raise CirlabError(f"CSS file not found: {path} (generate one with `cirlab data css --out {root}`)")
-    try:
-        # latin1: the original CSS3D file is a Python 2 pickle whose strings and array buffers are byte strings
-        data = np.load(path, allow_pickle=True, encoding="latin1").item()
-    except Exception as exc:  # truncated or foreign files raise many exception types
-        raise CirlabError(f"cannot read CSS file {path} (truncated or not a CSS .npy?): {exc}") from None
-    if not isinstance(data, dict) or "train" not in data or "test" not in data:
+    # the original CSS3D file is a Python 2 pickle: the loader reads its byte strings as latin1
+    data = load_pickled_npy(path, "CSS file")
+    if not isinstance(data, dict) or not isinstance(data.get("train"), dict) or not isinstance(data.get("test"), dict):
         raise CirlabError(f"CSS file {path} lacks the 'train'/'test' dicts")
+    for split in ("train", "test"):
+        check_css_split(data[split], split, path)
     return data
+
+
+def _sequence(value: Any) -> bool:
+    return isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
+def _indices(value: Any, count: int, where: str) -> None:
+    """`value` is a 1-d sequence of integers in [0, count)."""
+    array = np.asarray(value) if _sequence(value) else None
+    if array is None or array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise CirlabError(f"{where} must be a list of image indices, not {type(value).__name__}")
+    if array.size and (array.min() < 0 or array.max() >= count):
+        raise CirlabError(f"{where} holds an image index outside 0..{count - 1}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
+def check_css_split(split_data: dict[str, Any], split: str, path: Path) -> None:
+    """Types, lengths and index ranges of one split (`objects_img`, `mods`, optional `labels`)."""
+    where = f"CSS file {path}: {split}"
+    for key in ("objects_img", "mods"):
+        if key not in split_data:
+            raise CirlabError(f"{where} lacks '{key}'")
+    scenes = split_data["objects_img"]
+    if not _sequence(scenes):
+        raise CirlabError(f"{where}.objects_img must be a list of scenes, not {type(scenes).__name__}")
+    for i, scene in enumerate(scenes):
+        if not _sequence(scene):
+            raise CirlabError(f"{where}.objects_img[{i}] must be a list of objects, not {type(scene).__name__}")
+        for j, obj in enumerate(scene):
+            at = f"{where}.objects_img[{i}][{j}]"
+            if not isinstance(obj, dict):
+                raise CirlabError(f"{at} must be a dict, not {type(obj).__name__}")
+            for key in ("color", "shape", "size"):
+                if not isinstance(obj.get(key, ""), str) or (key != "size" and key not in obj):
+                    raise CirlabError(f"{at}.{key} must be a string")
+            pos = obj.get("pos")
+            if not (_sequence(pos) and len(pos) == 2 and all(_is_number(p) for p in pos)):
+                raise CirlabError(f"{at}.pos must be two numbers (y, x)")
+    labels = split_data.get("labels")
+    if labels is not None and not _sequence(labels):
+        raise CirlabError(f"{where}.labels must be a list, not {type(labels).__name__}")
+    mods = split_data["mods"]
+    if not _sequence(mods):
+        raise CirlabError(f"{where}.mods must be a list of dicts, not {type(mods).__name__}")
+    for m, mod in enumerate(mods):
+        if not isinstance(mod, dict) or not {"from", "to", "to_str"} <= set(mod):
+            raise CirlabError(f"{where} mod {m} is malformed: not a dict with 'from', 'to' and 'to_str'")
+        if not isinstance(mod["to_str"], str) or not mod["to_str"].strip():
+            raise CirlabError(f"{where} mod {m} is malformed: 'to_str' must be a non-empty string")
+        _indices(mod["from"], len(scenes), f"{where} mod {m} 'from'")
+        _indices(mod["to"], len(scenes), f"{where} mod {m} 'to'")
+        if len(mod["from"]) != len(mod["to"]):
+            raise CirlabError(f"{where} mod {m} is malformed: 'from' and 'to' differ in length")
 
 
 def scene_key(objects: list[dict]) -> tuple:
@@ -57,6 +116,7 @@ class CSSDataset(CIRDataset):
     image_size = 64
     train_augment = False
     flip_ok = False
+    backbone_lr_mult = 1.0
 
     def __init__(self, root: str | Path, split: str, render: str = "auto", preload: Any = True,
                  skip_missing: Any = False, sampling: str = "paired", **options: Any) -> None:
@@ -68,22 +128,16 @@ class CSSDataset(CIRDataset):
         preload = as_bool(preload, "preload")
         if split not in ("train", "test"):
             raise CirlabError(f"CSS has splits 'train' and 'test', not {split!r}")
-        data = load_css_npy(root)[split]
-        try:
-            self.objects: list[list[dict]] = list(data["objects_img"])
-            self.mods: list[dict] = list(data["mods"])
-        except KeyError as exc:
-            raise CirlabError(f"CSS file {Path(root) / CSS_FILE}: split {split!r} lacks {exc}") from None
-        if "labels" in data and len(data["labels"]) == len(self.objects):
+        data = load_css_npy(root)[split]  # checked: types, lengths, index ranges
+        self.objects: list[list[dict]] = list(data["objects_img"])
+        self.mods: list[dict] = list(data["mods"])
+        if data.get("labels") is not None and len(data["labels"]) == len(self.objects):
             raw = [str(x) for x in data["labels"]]
         else:
             raw = [repr(scene_key(objs)) for objs in self.objects]
         names = {c: i for i, c in enumerate(dict.fromkeys(raw))}
         self.captions = raw
         self.labels = np.array([names[c] for c in raw], dtype=np.int64)
-        for m, mod in enumerate(self.mods):
-            if len(mod["from"]) != len(mod["to"]) or not str(mod.get("to_str", "")).strip():
-                raise CirlabError(f"CSS file {Path(root) / CSS_FILE}: {split} mod {m} is malformed")
         self._pairs = [(m, i) for m, mod in enumerate(self.mods) for i in range(len(mod["from"]))]
         self._sources: dict[int, list[tuple[int, int]]] | None = None
         png0 = self.image_path(0) if self.objects else None
@@ -123,6 +177,10 @@ class CSSDataset(CIRDataset):
                 if others:
                     out.append(self._pair(*others[int(rng.integers(len(others)))]))
         return out
+
+    def epoch_size(self) -> int:
+        """google/tirg's CSSDataset has one sample per image."""
+        return len(self.objects)
 
     def _pair(self, m: int, i: int) -> TrainPair:
         mod = self.mods[m]

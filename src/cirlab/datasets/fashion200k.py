@@ -140,6 +140,10 @@ class Fashion200kDataset(ImageListDataset):
         captions = [self.captions[imgs[0]] for imgs in index["caption_images"].values()]
         return captions if self.complete_text_query else [*captions, "replace with"]
 
+    def epoch_size(self) -> int:
+        """google/tirg's (and CRN's) Fashion200k has one sample per training image."""
+        return len(self._training_index()["sources"])
+
     def sample_pairs(self, rng: np.random.Generator, n: int) -> list[TrainPair]:
         index = self._training_index()
         sources, parents_of = index["sources"], index["caption_parents"]

@@ -189,6 +189,10 @@ class FashionIQDataset(ImageListDataset):
     def train_texts(self) -> list[str]:
         return [self.text(t) for t in self._training_triplets()]
 
+    def epoch_size(self) -> int:
+        """The released loaders (ComposeAE, CRN, CLIP4Cir) have one sample per training triplet."""
+        return len(self._training_triplets())
+
     def sample_pairs(self, rng: np.random.Generator, n: int) -> list[TrainPair]:
         triplets = self._training_triplets()
         out = []

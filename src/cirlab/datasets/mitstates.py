@@ -140,6 +140,10 @@ class MITStatesDataset(ImageListDataset):
                 out.append(TrainPair(source, self.query_text(adj, noun), int(targets[rng.integers(len(targets))])))
         return out
 
+    def epoch_size(self) -> int:
+        """google/tirg's MITStates has one sample per training image."""
+        return len(self._training_index()["sources"])
+
     def test_queries(self) -> list[tuple[int, str]]:
         """(source image, target adjective) for every image and every other adjective of its noun."""
         noun_adjs = self._build_index(list(range(len(self))))["noun_adjs"]

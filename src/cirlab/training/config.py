@@ -8,6 +8,8 @@ from typing import Any
 from cirlab.models import ModelConfig
 from cirlab.utils.errors import CirlabError
 
+AUGMENTS = ("none", "crop_flip")
+
 
 @dataclass
 class TrainConfig:
@@ -24,11 +26,14 @@ class TrainConfig:
     iters: int = 160_000
     batch_size: int = 32
     lr: float = 0.01
-    lr_decay_every: int = 50_000
+    lr_decay_every: int = 0  # 0: never (google/tirg's default); its README passes 50,000 on Fashion200k/MIT-States
     lr_decay: float = 0.1
+    lr_decay_until: int = 0  # no decay step at or after this iteration (CRN's --max_decay_epoch); 0: no limit
     momentum: float = 0.9
+    adam_eps: float = 1e-8  # Adam/AdamW epsilon (CRN's --eps)
     weight_decay: float = 1e-6
-    backbone_lr_mult: float = 1.0  # TIRG: 1.0 on CSS (from scratch), 0.1 for ImageNet-initialised trunks
+    backbone_lr_mult: float | None = None  # None: the dataset's (google/tirg: 1.0 on CSS, 0.1 on real images)
+    augment: str = "none"  # "none": resize + centre crop (the releases); "crop_flip": random crop (+ flip)
     grad_clip: float = 0.0
     seed: int = 0
     eval_every: int = 0  # 0: evaluate only at the end
@@ -43,8 +48,20 @@ class TrainConfig:
     feature_cache: bool = False  # frozen encoders: encode every image/text once, train on the cached features
     comment: str = ""
 
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise CirlabError(f"augment must be one of {', '.join(AUGMENTS)}, not {self.augment!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def trunk_lr_mult(self) -> float:
+        """`backbone_lr_mult`, or the dataset's released default when it is None."""
+        from cirlab.datasets import DATASETS
+
+        if self.backbone_lr_mult is not None:
+            return float(self.backbone_lr_mult)
+        return float(DATASETS.get(self.dataset).backbone_lr_mult)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

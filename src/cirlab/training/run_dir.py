@@ -53,10 +53,11 @@ def load_model(run_dir: str | Path, config: TrainConfig | None = None) -> tuple[
 
 
 def make_transform(config: TrainConfig, model: CompositionModel, train: bool) -> ImageTransform:
-    """The preprocessing of a run: the dataset's image size unless overridden, the encoder's mean/std."""
+    """The preprocessing of a run: the dataset's image size unless overridden, the encoder's mean/std; training
+    adds random crops and flips only with `augment="crop_flip"` (the releases resize and centre-crop)."""
     dataset_cls = DATASETS.get(config.dataset)
     size = config.image_size or dataset_cls.image_size
-    return ImageTransform(size=size, train=train and getattr(dataset_cls, "train_augment", True),
+    return ImageTransform(size=size, train=train and config.augment == "crop_flip" and dataset_cls.train_augment,
                           flip=getattr(dataset_cls, "flip_ok", True), pad=config.pad,
                           mean=model.image_encoder.mean, std=model.image_encoder.std)
 

@@ -78,20 +78,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(config: TrainConfig, model: CompositionModel) -> torch.optim.Optimizer:
-    groups = model.parameter_groups(config.lr, config.backbone_lr_mult)
+    groups = model.parameter_groups(config.lr, config.trunk_lr_mult())
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer in ("adam", "adamw"):
         cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-        return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return cls(groups, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
     raise CirlabError(f"unknown --optimizer {config.optimizer!r}; choose from: adam, adamw, sgd")
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
-    """Step decay: lr * decay^(iteration // decay_every)."""
+    """Step decay: lr * decay^(number of decay steps so far); steps fall every `lr_decay_every` iterations,
+    none at or after `lr_decay_until` (when set)."""
     if config.lr_decay_every <= 0:
         return config.lr
-    return config.lr * config.lr_decay ** (iteration // config.lr_decay_every)
+    steps = iteration // config.lr_decay_every
+    if config.lr_decay_until > 0:
+        steps = min(steps, (config.lr_decay_until - 1) // config.lr_decay_every)
+    return config.lr * config.lr_decay ** steps
 
 
 class TrainStep(nn.Module):
