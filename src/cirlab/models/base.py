@@ -19,6 +19,7 @@ from torch import nn
 
 from cirlab.encoders import EncoderSpec, ImageEncoder, TextEncoder, resolve_image_encoder, resolve_text_encoder
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.fields import check_fields
 from cirlab.utils.registry import Registry
 
 Features = Any  # a tensor, or a dict of tensors for models that need maps or tokens
@@ -46,12 +47,9 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise CirlabError(f"config.json model entry has unknown fields: {sorted(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: Any, where: str = "model") -> ModelConfig:
+        """Rebuild from config.json's model entry; every field is checked against its annotation (CirlabError)."""
+        return cls(**check_fields(cls, data, where))
 
 
 class CompositionModel(nn.Module):

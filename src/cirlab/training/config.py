@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cirlab.models import ModelConfig
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.fields import check_fields
 
 AUGMENTS = ("none", "crop_flip")
 
@@ -64,11 +65,8 @@ class TrainConfig:
         return float(DATASETS.get(self.dataset).backbone_lr_mult)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise CirlabError(f"config.json has unknown training fields: {sorted(unknown)}")
-        data["model"] = ModelConfig.from_dict(data.get("model", {}))
+    def from_dict(cls, data: Any, where: str = "train") -> TrainConfig:
+        """Rebuild from config.json's entry; every field is checked against its annotation (CirlabError)."""
+        data = check_fields(cls, data, where)
+        data["model"] = ModelConfig.from_dict(data.get("model", {}), f"{where}.model")
         return cls(**data)
