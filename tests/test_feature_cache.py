@@ -1,5 +1,7 @@
 """The feature cache: frozen encoders only, same pairs as the image pipeline, same features as encoding on the
-fly, reused when it matches, and a cached run that evaluates the same end to end from its run directory."""
+fly, reused when it matches, and a cached run that evaluates the same end to end from its run directory.
+Texts that `sample_pairs` draws beyond `train_texts()` (FashionIQ, Fashion200k, MIT-States) are encoded on first
+use, saved as shards, and give the same bits however and whenever they were encoded (resume included)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_model_config
+from test_datasets_fashion200k import make_fashion200k
+from test_datasets_fashioniq import make_fashioniq
+from test_datasets_mitstates import make_mitstates
 
 from cirlab.evaluation import evaluate_run, make_cached_eval_fn
 from cirlab.models import build_model
 from cirlab.training import TrainConfig, Trainer, make_transform, open_dataset
 from cirlab.training import feature_cache as fc
 from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache
+from cirlab.training.run_dir import load_model
 from cirlab.training.trainer import PairBatches
 from cirlab.utils.errors import CirlabError
 
@@ -75,3 +81,75 @@ def test_cached_training_evaluates_the_same_end_to_end(tiny_css: Path, tmp_path:
     end_to_end = evaluate_run(run, progress=False)
     for k in ("recall@1", "recall@10", "recall@50"):
         assert np.isclose(summary["metrics"][k], end_to_end[k], atol=0.02), k
+
+
+BUILDERS = {"fashioniq": make_fashioniq, "fashion200k": make_fashion200k, "mitstates": make_mitstates}
+
+
+def _drawn_texts(config: TrainConfig) -> set[str]:
+    """Every text the trainer's batches 0 .. iters-1 contain (CachedPairBatches draws batch i with rng([seed, i]))."""
+    dataset = open_dataset(config, config.train_split)
+    return {p.text for i in range(config.iters)
+            for p in dataset.sample_pairs(np.random.default_rng([config.seed, i]), config.batch_size)}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_cached_training_encodes_the_drawn_texts_that_train_texts_lacks(name: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fc, "FLUSH_EVERY", 2)
+    config = _config(BUILDERS[name](tmp_path / name), dataset=name, image_size=32, iters=3, batch_size=4)
+    run = tmp_path / "run"
+    Trainer(config, run, None, progress=False).train()  # failed at the first batch with a train_texts()-only cache
+    extra = _drawn_texts(config) - set(open_dataset(config, "train").train_texts())
+    assert extra, f"{name}: the sampled texts should include some that train_texts() does not list"
+    cache = fc.FeatureCache.load(run / "feature_cache" / "train")
+    shards = set(cache.text_list[cache.listed:])
+    assert shards <= extra and len(extra - shards) < fc.FLUSH_EVERY  # only the last, unflushed ones are missing
+    model, _ = load_model(run)
+    for text in sorted(shards):  # the frozen encoder in eval mode without gradients, one text at a time
+        assert torch.equal(cache.text_feats([text]), fc.encode_texts_eval(model, [text])), text
+        torch.testing.assert_close(cache.text_feats([text]), model.encode_text([text]), atol=1e-6, rtol=1e-6)
+
+
+def test_cached_training_resumes_bit_identically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fc, "FLUSH_EVERY", 3)
+    root = make_fashioniq(tmp_path / "fiq")
+
+    def config(iters: int) -> TrainConfig:
+        return _config(root, dataset="fashioniq", image_size=32, iters=iters, batch_size=4)
+
+    Trainer(config(4), tmp_path / "straight", None, progress=False).train()
+    Trainer(config(2), tmp_path / "resumed", None, progress=False).train()
+    assert list((tmp_path / "resumed" / "feature_cache" / "train").glob("extras-*.json"))  # read back on resume
+    Trainer(config(4), tmp_path / "resumed", None, progress=False).train(resume=True)
+    a, b = load_model(tmp_path / "straight")[0].state_dict(), load_model(tmp_path / "resumed")[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_on_demand_token_features_do_not_depend_on_history(tmp_path: Path) -> None:
+    config = _config(make_fashioniq(tmp_path / "fiq"), name="crn", dataset="fashioniq", image_size=32)
+    dataset = open_dataset(config, "train")
+    torch.manual_seed(0)
+    model = build_model(config.model, texts=dataset.train_texts())
+    transform = make_transform(config, model, False)
+    listed = dataset.train_texts()
+
+    def encode(texts: list[str]) -> object:
+        return fc.encode_texts_eval(model, texts)
+
+    short, long = "Has pattern 0", "is much longer than any caption listed for this tiny training split"
+    queries = [short, listed[0], long]
+    fresh = build_feature_cache(model, dataset, transform, tmp_path / "a", "train", listed, progress=False)
+    with pytest.raises(CirlabError, match="text not in the feature cache"):
+        fresh.text_feats([short])  # without an encoder (evaluation), a missing text is still an error
+    first = fresh.text_feats(queries, encode=encode)
+    other = build_feature_cache(model, dataset, transform, tmp_path / "b", "train", listed, progress=False)
+    other.text_feats([long + " and longer still, much longer", short], encode=encode)
+    other.flush()  # `short` now comes from a saved shard, `long` is encoded in a batch of other texts
+    assert torch.equal(fc.encode_texts_eval(model, [short])["local.tokens"],
+                       first["local.tokens"][:1, :len(short.split())])
+    for again in (other.text_feats(queries, encode=encode),
+                  fc.FeatureCache.load(tmp_path / "b" / "feature_cache" / "train").text_feats(queries, encode=encode)):
+        assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+    rebuilt = build_feature_cache(model, dataset, transform, tmp_path / "b", "train", listed[:1], progress=False)
+    assert rebuilt.text_list == listed[:1] and not list((tmp_path / "b" / "feature_cache" / "train").glob("extras-*"))
