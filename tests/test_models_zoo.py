@@ -135,13 +135,50 @@ def test_film_san_branch_weights_train_at_a_hundredth_of_the_lr() -> None:
         _model("film_san", options={"lr_mults": {"nope": 2.0}}).parameter_groups(0.01, 1.0)
 
 
-def test_film_san_paper_mask_changes_the_output() -> None:
+def test_film_san_paper_mask_is_an_option_and_needs_matching_widths() -> None:
+    """The release applies no mask (default); the paper's m2 on the FiLM channels is `mask=paper`."""
+    options = {"film_channels": 32}
     torch.manual_seed(0)
-    with_mask = _model("film_san").eval()
+    released = _model("film_san", options=options).eval()
     torch.manual_seed(0)
-    without = _model("film_san", options={"mask": "none"}).eval()
+    paper = _model("film_san", options={**options, "mask": "paper"}).eval()
+    assert released.mask == "none" and paper.mask == "paper"
     src, texts, _ = _batch(2)
-    assert not torch.allclose(with_mask.compose(src, texts), without.compose(src, texts))
+    assert not torch.allclose(released.compose(src, texts), paper.compose(src, texts))
+    with pytest.raises(CirlabError, match="film_channels"):
+        _model("film_san", options={"mask": "paper"})
+
+
+@pytest.mark.parametrize("name", ["composeae", "realspace_concat_ae", "film_san"])
+def test_released_weights_load_through_the_reference_names(name: str) -> None:
+    """A state_dict in the released code's names (encoders left out) loads into a fresh model and gives the
+    same numbers; an entry the release does not have, or a missing one, is refused."""
+    torch.manual_seed(0)
+    source = _model(name).eval()
+    released = {ref: source.state_dict()[ours] for ours, ref in source.reference_names().items()}
+    if name != "film_san":  # the release's 4-vector a = (w_conv, w_lin, unused, unused)
+        w = source.branch_weights.detach()
+        released["a"] = torch.stack([w[1], w[0], torch.tensor(1.0), torch.tensor(1.0)])
+    torch.manual_seed(1)
+    target = _model(name).eval()
+    target.image_encoder.load_state_dict(source.image_encoder.state_dict())
+    target.text_encoder.load_state_dict(source.text_encoder.state_dict())
+    target.load_reference_state_dict({**released, "img_model.fc.0.weight": torch.zeros(1)})
+    src, texts, tgt = _batch(3)
+    torch.testing.assert_close(target.compose(src, texts), source.compose(src, texts), rtol=0, atol=0)
+    with pytest.raises(CirlabError, match="released entries without a place"):
+        target.load_reference_state_dict({**released, "extra.weight": torch.zeros(1)})
+    with pytest.raises(CirlabError, match="missing"):
+        target.load_reference_state_dict({k: v for k, v in released.items() if not k.startswith("decoder.")})
+
+
+def test_composeae_branches_have_their_own_complex_projections() -> None:
+    """As released: encoderLinear.0 and encoderWithConv.0 are two ComplexProjectionModules."""
+    model = _model("composeae")
+    assert model.projection_lin is not model.projection_conv
+    names = model.reference_names()
+    assert names["projection_lin.eta.1.weight"] == "encoderLinear.0.image_features.1.weight"
+    assert names["projection_conv.gamma.3.weight"] == "encoderWithConv.0.bert_features.3.weight"
 
 
 def test_crn_retrieval_feature_is_two_normalised_halves_and_branches_have_own_encoders() -> None:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cirlab.utils.errors import CirlabError
+
 
 class BatchNorm1dAnyBatch(nn.BatchNorm1d):
     """BatchNorm1d that also trains on a batch of one (it then normalises with the running statistics
@@ -51,3 +53,41 @@ def decoder(dim_in: int, dim_out: int) -> nn.Sequential:
 def identity_or_linear(dim_in: int, dim_out: int) -> nn.Module:
     """Identity when the sizes match, else a Linear map (used where a frozen feature has another size)."""
     return nn.Identity() if dim_in == dim_out else nn.Linear(dim_in, dim_out)
+
+
+def map_reference_names(module: nn.Module, prefixes: dict[str, str]) -> dict[str, str]:
+    """{our state_dict name: the released code's name} for every entry of `module` under one of `prefixes`
+    (our prefix -> the release's prefix; "" matches everything). The layers below a prefix keep the release's
+    numbering, so only the prefixes differ."""
+    names = {}
+    for key in module.state_dict():
+        for ours, ref in prefixes.items():
+            if not ours or key == ours or key.startswith(ours + "."):
+                rest = key[len(ours):].lstrip(".")
+                names[key] = ".".join(part for part in (ref, rest) if part)
+                break
+    return names
+
+
+def load_reference_entries(module: nn.Module, state_dict: dict[str, torch.Tensor], names: dict[str, str],
+                           what: str) -> None:
+    """Copy released-code entries into `module` through `names` (ours -> the release's); an entry that is
+    missing or has another number of values is a CirlabError (`what` names the released model)."""
+    own = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    missing = sorted(ref for ref in names.values() if ref not in state_dict)
+    if missing:
+        raise CirlabError(f"not a {what} state_dict: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for ours, ref in names.items():
+        if state_dict[ref].numel() != own[ours].numel():
+            raise CirlabError(f"{what} entry {ref}: shape {tuple(state_dict[ref].shape)}, this model has "
+                              f"{tuple(own[ours].shape)} for {ours}")
+    with torch.no_grad():
+        for ours, ref in names.items():
+            own[ours].copy_(state_dict[ref].reshape(own[ours].shape))
+
+
+def grads_by_reference_name(module: nn.Module, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """{the release's parameter name: our parameter's gradient (zeros where none reached it)} through `names`."""
+    params = dict(module.named_parameters())
+    return {ref: (params[ours].grad if params[ours].grad is not None else torch.zeros_like(params[ours]))
+            for ours, ref in names.items() if ours in params}
