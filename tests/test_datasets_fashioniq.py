@@ -1,4 +1,5 @@
-"""FashionIQ loader on a tiny fixture in the release layout: splits, caption styles, galleries, missing images."""
+"""FashionIQ loader on a tiny fixture in the release layout: splits, caption styles, galleries (ComposeAE's joint
+gallery with hand-computed recalls), missing images."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from cirlab.datasets import build_dataset
 from cirlab.datasets.fashioniq import join_captions
+from cirlab.evaluation import first_hit_ranks, score_eval_set
 from cirlab.utils.errors import CirlabError
 
 CATS = ("dress", "shirt", "toptee")
@@ -175,7 +177,7 @@ def test_malformed_captions_name_the_file_and_entry(fiq: Path, content: str, nee
 
 @pytest.mark.parametrize("options, needle", [
     ({"caption_style": "fancy"}, "caption_style must be one of clip4cir, composeae, crn"),
-    ({"gallery_protocol": "all"}, "gallery_protocol must be one of original, val-union"),
+    ({"gallery_protocol": "all"}, "gallery_protocol must be one of original, val-union, joint"),
     ({"categories": "dress,skirt"}, "categories must be"),
     ({"colour": 1}, "unknown dataset option"),
     ({"skip_missing": "maybe"}, "skip_missing must be true or false"),
@@ -188,3 +190,65 @@ def test_bad_options_are_user_errors(fiq: Path, options: dict, needle: str) -> N
 def test_join_captions_clip4cir_cleanup() -> None:
     assert join_captions("dress", " is RED. ", "longer?", "clip4cir") == "Is red and longer"
     assert join_captions("dress", " is RED. ", "longer?", "clip4cir", swap=True) == "Longer and is RED"
+    assert join_captions("dress", " is RED. ", "longer?", "composeae") == "dress  is red.  and it longer?"
+    assert join_captions("dress", "is RED", "longer", "composeae", single_category=True) == "is red longer"
+
+
+def test_composeae_captions_default_to_the_joint_gallery(fiq: Path) -> None:
+    ds = build_dataset("fashioniq", fiq, "val", caption_style="composeae")
+    sets = ds.eval_sets()
+    assert ds.gallery_protocol == "joint" and [s.name for s in sets] == list(CATS)
+    assert all(s.gallery_images == sets[0].gallery_images for s in sets)  # one gallery for every category
+    assert len(sets[0].gallery_images) == 24 and (sets[0].exclude == -1).all()
+    assert "gallery_protocol=joint" in sets[0].protocol and "ComposeAE" in sets[0].protocol
+    assert ds.stats()["gallery"] == 24 and ds.stats()["dress"]["gallery"] == 24
+    assert sets[1].query_texts[0] == "shirt is shirt number 0. and it has pattern 0"
+    assert build_dataset("fashioniq", fiq, "val").gallery_protocol == "original"
+    assert build_dataset("fashioniq", fiq, "val", caption_style="composeae",
+                         gallery_protocol="original").eval_sets()[0].gallery_images == ds.split_images["dress"]
+
+
+def test_composeae_single_category_captions_and_gallery(fiq: Path) -> None:
+    # datasets.py with cat_type='dress': captions joined by a space, no category word; gallery = the dress list
+    (s,) = build_dataset("fashioniq", fiq, "val", categories="dress", caption_style="composeae").eval_sets()
+    assert s.query_texts[0] == "is dress number 0. has pattern 0"
+    assert len(s.gallery_images) == 8
+
+
+def test_joint_gallery_deduplicates_names_and_hits_by_name(tmp_path: Path) -> None:
+    from test_protocols import ranked_features  # imported here: test_protocols imports this module's builder
+
+    root = make_fashioniq(tmp_path / "fiq")
+    # the shirt list also names the dress image Dva003, and a 4th shirt query targets it
+    write_json(root / "image_splits" / "split.shirt.val.json", [f"Sva{i:03d}" for i in range(8)] + ["Dva003"])
+    caps = json.loads((root / "captions" / "cap.shirt.val.json").read_text())
+    write_json(root / "captions" / "cap.shirt.val.json",
+               caps + [{"target": "Dva003", "candidate": "Sva005", "captions": ["is blue", "is short"]}])
+    ds = build_dataset("fashioniq", root, "val", caption_style="composeae")
+    sets = {s.name: s for s in ds.eval_sets()}
+    gallery = [ds.image_name(i) for i in sets["dress"].gallery_images]
+    # 8 + 9 + 8 listed names, Dva003 once, in order of first listing (ComposeAE: all_imgs_from_cat, duplicates
+    # filtered from the ranking)
+    assert gallery == [f"{c}va{i:03d}" for c in "DST" for i in range(8)]
+    pos = {name: p for p, name in enumerate(gallery)}
+    # dress: query 0 ranks its reference Dva000 first (not excluded) and its target second -> rank 1;
+    #   query 1 ranks its target Dva003 first -> 0; query 2 ranks 11 shirt images before Dva001 -> 11
+    # shirt: the three listed queries rank their targets first; the 4th ranks the DRESS copy of Dva003 first,
+    #   a hit by name -> ranks 0, 0, 0, 0
+    # toptee: query 0 ranks its target first; queries 1 and 2 rank ten shirt images before theirs -> 0, 10, 10
+    shirts = [pos[f"Sva{i:03d}"] for i in range(8)] + [pos[f"Tva00{i}"] for i in range(5, 8)]
+    orders = {"dress": [[pos["Dva000"], pos["Dva001"]], [pos["Dva003"]], [*shirts, pos["Dva001"]]],
+              "shirt": [[pos["Sva001"]], [pos["Sva003"]], [pos["Sva001"]], [pos["Dva003"]]],
+              "toptee": [[pos["Tva001"]], [*shirts[:10], pos["Tva003"]], [*shirts[:10], pos["Tva001"]]]}
+    expected_ranks = {"dress": [1, 0, 11], "shirt": [0, 0, 0, 0], "toptee": [0, 10, 10]}
+    per_set = {}
+    for name, s in sets.items():
+        q, g = ranked_features(s, orders[name])
+        ranks = first_hit_ranks(q, g, s.query_labels, s.gallery_labels, s.exclude)["target"]
+        assert ranks.tolist() == expected_ranks[name], name
+        per_set[name] = score_eval_set(s, q, g)
+    # R@10: dress 2/3, shirt 1, toptee 1/3 -> average 2/3; R@50: 1 everywhere; recall_avg (2/3 + 1) / 2
+    out = ds.summarize(per_set)
+    assert out["dress_recall@10"] == pytest.approx(2 / 3) and out["toptee_recall@10"] == pytest.approx(1 / 3)
+    assert out["recall@10"] == pytest.approx(2 / 3) and out["recall@50"] == 1.0
+    assert out["recall_avg"] == pytest.approx(5 / 6)

@@ -1,4 +1,4 @@
-"""FashionIQ (Wu et al. 2021): per-category or combined training, three caption-joining styles, two val galleries.
+"""FashionIQ (Wu et al. 2021): per-category or combined training, three caption-joining styles, three val galleries.
 
 Layout: `<root>/captions/cap.<cat>.<split>.json`, `<root>/image_splits/split.<cat>.<split>.json`; images at
 `<root>/images/<name>.png|jpg` or `<root>/resized_image/<cat>/<name>.png|jpg`. Only part of the original image
@@ -7,6 +7,7 @@ URLs still resolve, so missing images are counted and, with `skip_missing`, drop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,22 +33,28 @@ CAPTION_STYLES = ("clip4cir", "composeae", "crn")
 GALLERY_PROTOCOLS = {
     "original": "gallery = every image of split.<cat>.val.json, reference not excluded (CLIP4Cir)",
     "val-union": "gallery = union of val references and targets, reference excluded (CRN, TG-CIR)",
+    "joint": "one gallery for all categories = every image of the categories' split.<cat>.val.json, "
+             "de-duplicated by name, reference not excluded, hit = the target's name (ComposeAE)",
 }
+#: The gallery protocol when `gallery_protocol` is not given: ComposeAE's captions come with ComposeAE's gallery.
+DEFAULT_GALLERY_PROTOCOL = {"composeae": "joint"}
 
 
-def join_captions(category: str, first: str, second: str, style: str, swap: bool = False) -> str:
+def join_captions(category: str, first: str, second: str, style: str, swap: bool = False,
+                  single_category: bool = False) -> str:
     """One query text from the two relative captions, in the style of a paper.
 
     clip4cir: "C1 and c2" (CLIP4Cir's cleanup: trailing '.?, ' stripped, first letter capitalised; `swap`
-    gives "C2 and c1", drawn at random during training); composeae: "<cat> c1 and it c2" (lower case);
-    crn: "<BOS> c1 <AND> c2 <EOS>".
+    gives "C2 and c1", drawn at random during training); composeae: "<cat> c1 and it c2" in lower case, or
+    "c1 c2" when one category is trained alone (`single_category`; ComposeAE's `cat_type` other than 'all'),
+    captions kept unstripped as ComposeAE's datasets.py does; crn: "<BOS> c1 <AND> c2 <EOS>".
     """
+    if style == "composeae":
+        return (f"{first} {second}" if single_category else f"{category} {first} and it {second}").lower()
     first, second = first.strip(), second.strip()
     if style == "clip4cir":
         a, b = (second, first) if swap else (first, second)
         return f"{a.strip('.?, ').capitalize()} and {b.strip('.?, ')}"
-    if style == "composeae":
-        return f"{category} {first} and it {second}".lower()
     if style == "crn":
         return f"<BOS> {first} <AND> {second} <EOS>"
     raise CirlabError(f"fashioniq: caption_style must be one of {', '.join(CAPTION_STYLES)}, not {style!r}")
@@ -76,8 +83,16 @@ class FashionIQDataset(ImageListDataset):
     """FashionIQ on the val split: per-category R@10/R@50 and their average over categories.
 
     Options: `categories` ("dress,shirt,toptee" or a subset: one model per category or one for all),
-    `caption_style` (clip4cir | composeae | crn), `gallery_protocol` (original | val-union), `skip_missing`.
-    Images are indexed per (category, name): a name listed by two categories is two dataset images.
+    `caption_style` (clip4cir | composeae | crn), `gallery_protocol` (original | val-union | joint; default
+    `joint` with caption_style=composeae, else `original`), `skip_missing`.
+    Images are indexed per (category, name): a name listed by two categories is two dataset images (the joint
+    gallery keeps one of them, so its hits go by name).
+
+    `joint` is ComposeAE's `fiq_test` (test_retrieval.py with datasets.py's FashionIQ, cat_type 'all'): the
+    queries of every category rank one gallery made of the three split lists, its duplicates removed, and
+    recall is counted per category. Not reproduced: that function does not reset its per-category hit counter
+    between K, so its R@K for K after the first is raised by at most 1/(queries of the category), under 0.05
+    points on FashionIQ val; cirlab reports exact recalls.
     """
 
     name = "fashioniq"
@@ -86,10 +101,11 @@ class FashionIQDataset(ImageListDataset):
     layout_hint = "<root>/images/<name>.png|jpg or <root>/resized_image/<cat>/<name>.png|jpg"
 
     def __init__(self, root: str | Path, split: str, categories: Any = ",".join(CATEGORIES),
-                 caption_style: str = "clip4cir", gallery_protocol: str = "original", skip_missing: Any = False,
+                 caption_style: str = "clip4cir", gallery_protocol: str | None = None, skip_missing: Any = False,
                  **options: Any) -> None:
         reject_unknown_options(self.name, options, ("categories", "caption_style", "gallery_protocol",
                                                     "skip_missing"))
+        gallery_protocol = gallery_protocol or DEFAULT_GALLERY_PROTOCOL.get(caption_style, "original")
         super().__init__(root, split, skip_missing=skip_missing, categories=categories, caption_style=caption_style,
                          gallery_protocol=gallery_protocol)
         check_split(self.name, split, ("train", "val", "test"))
@@ -171,7 +187,8 @@ class FashionIQDataset(ImageListDataset):
 
     # texts and training -------------------------------------------------------------------------
     def text(self, t: Triplet, swap: bool = False) -> str:
-        return join_captions(t.category, t.captions[0], t.captions[1], self.caption_style, swap)
+        return join_captions(t.category, t.captions[0], t.captions[1], self.caption_style, swap,
+                             single_category=len(self.categories) == 1)
 
     def _training_triplets(self) -> list[Triplet]:
         if self._train is None:
@@ -207,7 +224,28 @@ class FashionIQDataset(ImageListDataset):
         """The category's gallery under the chosen protocol (dataset image indices)."""
         if self.gallery_protocol == "original":
             return list(self.split_images[cat])
+        if self.gallery_protocol == "joint":
+            return self.joint_gallery()
         return list(dict.fromkeys(i for t in self.triplets if t.category == cat for i in (t.source, t.target)))
+
+    def joint_gallery(self) -> list[int]:
+        """One image per distinct name over the categories' split lists, in order of first listing (ComposeAE's
+        de-duplicated `all_imgs_from_cat`); of a name's copies the first one present on disk."""
+        missing = self.missing_mask()
+        chosen: dict[str, int] = {}
+        for cat in self.categories:
+            for i in self.split_images[cat]:
+                name = self.names[i]
+                if name not in chosen or (missing[chosen[name]] and not missing[i]):
+                    chosen[name] = i
+        return list(chosen.values())
+
+    def _hit_labels(self, gallery: list[int]) -> tuple[np.ndarray, Callable[[int], int]]:
+        """(gallery labels, image index -> label): the image itself, or for `joint` its name (-1: not listed)."""
+        if self.gallery_protocol != "joint":
+            return np.array(gallery, dtype=np.int64), int
+        name_ids = {self.names[g]: n for n, g in enumerate(gallery)}
+        return np.arange(len(gallery), dtype=np.int64), lambda i: name_ids.get(self.names[i], -1)
 
     def build_eval_sets(self) -> list[EvalSet]:
         if self.split == "test":
@@ -215,10 +253,11 @@ class FashionIQDataset(ImageListDataset):
         out = []
         for cat in self.categories:
             gallery = self.gallery(cat)
-            queries = [Query(t.source, self.text(t), {"target": t.target}, target=t.target)
+            labels, label_of = self._hit_labels(gallery)
+            queries = [Query(t.source, self.text(t), {"target": label_of(t.target)}, target=t.target)
                        for t in self.triplets if t.category == cat]
             out.append(self.assemble(
-                cat, queries, gallery, {"target": np.array(gallery, dtype=np.int64)},
+                cat, queries, gallery, {"target": labels},
                 exclude_source=self.gallery_protocol == "val-union", target_must_exist=True, ks=(10, 50),
                 protocol=f"FashionIQ {self.split}, gallery_protocol={self.gallery_protocol}: "
                          f"{GALLERY_PROTOCOLS[self.gallery_protocol]}; caption_style={self.caption_style}",
@@ -251,5 +290,9 @@ class FashionIQDataset(ImageListDataset):
                 gallery = self.split_images[cat] if self.split == "test" else self.gallery(cat)
                 per_cat[cat] = split_stats(queries=len(triplets), gallery=len(gallery), missing_queries=broken,
                                            missing_gallery=int(sum(missing[i] for i in gallery)), **counts)
+        total = sum_stats(per_cat.values())
+        if self.split == "val" and self.gallery_protocol == "joint":  # one gallery shared by the categories
+            joint = self.joint_gallery()
+            total.update(gallery=len(joint), missing_gallery=int(sum(missing[i] for i in joint)))
         protocol = {"gallery_protocol": self.gallery_protocol} if self.split == "val" else {}
-        return {**sum_stats(per_cat.values()), **protocol, **per_cat}
+        return {**total, **protocol, **per_cat}
