@@ -29,7 +29,14 @@ from cirlab.training.checkpoint import has_checkpoint, load_checkpoint, save_che
 from cirlab.training.config import TrainConfig
 from cirlab.training.distributed import DistContext, any_rank, broadcast_buffers, init_from_env
 from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache
-from cirlab.training.run_dir import METRICS_FILE, make_transform, open_dataset, save_config, save_model
+from cirlab.training.run_dir import (
+    METRICS_FILE,
+    check_batch_size,
+    make_transform,
+    open_dataset,
+    save_config,
+    save_model,
+)
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import write_json_atomic
 
@@ -131,6 +138,7 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(config.device)
         self.ctx = DistContext()
+        self.batches: PairBatches | CachedPairBatches | None = None
         self._stop_requested = False
 
     def _request_stop(self, signum: int, frame: Any) -> None:
@@ -152,6 +160,7 @@ class Trainer:
                 self.device = torch.device("cuda", self.ctx.local_rank)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dataset = open_dataset(cfg, cfg.train_split)
+        check_batch_size(cfg.batch_size, self.dataset)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, texts=self.dataset.train_texts(), assets_dir=self.run_dir if resume
                                  else None).to(self.device)
@@ -168,6 +177,8 @@ class Trainer:
     def checkpoint(self, iteration: int) -> None:
         if not self.ctx.is_main:
             return
+        if isinstance(self.batches, CachedPairBatches):
+            self.batches.cache.flush()  # texts encoded on demand since the last shard
         save_checkpoint(self.run_dir, self.model, self.optimizer, iteration,
                         {"history": self.history, "elapsed_s": self.elapsed})
         save_model(self.run_dir, self.model)
@@ -201,6 +212,7 @@ class Trainer:
         else:
             batches = PairBatches(self.dataset, make_transform(cfg, self.model, train=True), cfg.batch_size, cfg.seed,
                                   self.ctx.rank, self.ctx.world_size)
+        self.batches = batches
         step: nn.Module = TrainStep(self.model, batches, loss_fn, self.device)
         if self.ctx.enabled:
             step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
