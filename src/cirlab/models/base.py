@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cirlab.encoders import EncoderSpec, ImageEncoder, TextEncoder, resolve_image_encoder, resolve_text_encoder
@@ -118,8 +117,9 @@ class CompositionModel(nn.Module):
         return self.target_features(self.encode_image(images))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Training-time normalisation `s * v / ||v||` with the learnable scale s."""
-        return self.norm_scale * F.normalize(x, dim=-1)
+        """Training-time normalisation `s * v / ||v||` with the learnable scale s: google/tirg's NormalizationLayer
+        (parity case `tirg_normalization`), without an epsilon as released (a zero vector gives NaN)."""
+        return self.norm_scale * x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
     # training -----------------------------------------------------------------------------------
     def training_losses(self, source: Features, text: Features, target: Features, base_loss: BaseLoss
