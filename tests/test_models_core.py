@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,79 @@ def test_run_directory_round_trip(tmp_path: Path) -> None:
     src, texts, _ = _batch()
     torch.testing.assert_close(loaded.compose(src, texts), model.compose(src, texts), rtol=0, atol=0)
     assert not any(p.suffix in (".pt", ".pth", ".pkl") for p in tmp_path.iterdir())
+
+
+# google/tirg's released weights and text model ---------------------------------------------------------------
+def _release_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's head under the release's names, as a released checkpoint would hold it (a as a 4-vector)."""
+    state = model.state_dict()
+    released = {ref: state[ours].clone() for ours, ref in model.reference_names().items()}
+    if model.mixing:
+        released["a"] = torch.cat([getattr(model, model.mixing).detach(), torch.ones(2)])
+    return released
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_release_named_weights_load_and_give_the_same_queries(name: str) -> None:
+    torch.manual_seed(0)
+    source = build_model(tiny_model_config(name), texts=TEXTS)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    torch.manual_seed(1)
+    loaded = build_model(tiny_model_config(name), texts=TEXTS)
+    loaded.load_state_dict({k: v for k, v in source.state_dict().items() if k.startswith(("image_", "text_"))},
+                           strict=False)
+    loaded.load_reference_state_dict(_release_state(source))
+    src, texts, _ = _batch()
+    torch.testing.assert_close(loaded.eval().compose(src, texts), source.eval().compose(src, texts), rtol=0, atol=0)
+    assert set(loaded.reference_grads()) >= {"normalization_layer.norm_s"} | ({"a"} if loaded.mixing else set())
+
+
+def test_release_names_follow_google_tirg() -> None:
+    tirg = build_model(tiny_model_config("tirg"), texts=TEXTS)
+    names = tirg.reference_names()
+    assert names["gate.2.weight"] == "gated_feature_composer.3.weight"
+    assert names["residual.4.bias"] == "res_info_composer.5.bias"
+    assert names["norm_scale"] == "normalization_layer.norm_s"
+    assert build_model(tiny_model_config("concat"), texts=TEXTS).reference_names()["mlp.6.weight"] == \
+        "composer.m.6.weight"
+    released = _release_state(tirg)
+    released["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CirlabError, match="not the released model's state_dict.*extra.weight"):
+        tirg.load_reference_state_dict(released)
+    del released["extra.weight"], released["a"]
+    with pytest.raises(CirlabError, match="not the released model's state_dict"):
+        tirg.load_reference_state_dict(released)
+
+
+def test_tirg_vocabulary_is_the_released_simple_vocab() -> None:
+    from cirlab.encoders.text.vocab import Vocabulary, tokenize
+
+    assert tokenize("Make the T-shirt CAFÉ-like, please!") == ["make", "the", "tshirt", "caflike", "please"]
+    vocab = Vocabulary.build(["make it red", "Add a red cube", "zebra-like"])
+    assert vocab.words == ["<UNK>", "a", "add", "cube", "it", "make", "red", "zebralike"]
+    assert vocab.encode("make the cube RED!") == [5, 0, 3, 6]
+    assert vocab.encode("!!!") == [0]
+
+
+def test_saved_vocabularies_load_with_their_own_tokenizer(tmp_path: Path) -> None:
+    """A vocab.json from before the file named its tokenizer keeps cirlab's earlier one ("top-left" = 2 words);
+    a new one records the release's; an unknown name is one clear error."""
+    from cirlab.encoders.text.lstm import VOCAB_FILE
+    from cirlab.encoders.text.vocab import Vocabulary
+
+    (tmp_path / VOCAB_FILE).write_text(json.dumps({"words": ["<UNK>", "top", "left", "topleft"]}))
+    legacy = Vocabulary.load(tmp_path / VOCAB_FILE)
+    assert legacy.tokenizer == "spaced" and legacy.encode("Top-left") == [1, 2]
+    model = build_model(tiny_model_config("tirg"), assets_dir=tmp_path)
+    assert model.text_encoder.vocab.encode("top-left") == [1, 2]
+    Vocabulary.build(["top-left"]).save(tmp_path / VOCAB_FILE)
+    fresh = Vocabulary.load(tmp_path / VOCAB_FILE)
+    assert fresh.tokenizer == "tirg" and fresh.words == ["<UNK>", "topleft"] and fresh.encode("Top-left") == [1]
+    (tmp_path / VOCAB_FILE).write_text(json.dumps({"tokenizer": "bpe", "words": ["<UNK>"]}))
+    with pytest.raises(CirlabError, match="unknown tokenizer 'bpe'; choose from: spaced, tirg"):
+        build_model(tiny_model_config("tirg"), assets_dir=tmp_path)
+    spaced = build_model(tiny_model_config("tirg", text_options={"word_dim": 8, "hidden_dim": 8,
+                                                                 "tokenizer": "spaced"}), texts=["top-left"])
+    assert spaced.text_encoder.vocab.words == ["<UNK>", "left", "top"]

@@ -1,4 +1,6 @@
-"""Batch-based classification: each query must pick its own target among the batch's targets."""
+"""Batch-based classification: each query must pick its own target among the batch's targets, as google/tirg's
+`compute_batch_based_classification_loss_` (@ c58daa0; parity cases `tirg_loss_batch_clf*`, `concat_loss_batch_clf*`).
+On the model's scaled, normalised features the logits are s^2 * cosine (s = the learnable `norm_scale`)."""
 
 from __future__ import annotations
 

