@@ -27,9 +27,12 @@ ZOO = list(ZOO_OPTIONS)
 TEXTS = ["add large red circle to top-left", "remove blue triangle", "make middle-center object yellow",
          "make top-right rectangle large", "add small green square to bottom-right", "remove gray circle"]
 #: parameters that legitimately get no gradient: map-based models skip the encoder's pooled projection, CRN
-#: reads the LSTM's token outputs and skips its sentence projection.
+#: reads the LSTM's token outputs and skips its sentence projection; as released, CRN's hierarchical aggregation
+#: (`final_fc`) and cross relation are built and reach no loss by default.
 UNUSED = {"film_san": ("image_encoder.proj.",), "crn": ("image_encoder.proj.", "image_encoder_global.proj.",
-                                                        "text_encoder.fc.", "text_encoder_global.fc.")}
+                                                        "text_encoder.fc.", "text_encoder_global.fc.",
+                                                        *(f"networks.{k}.{m}." for k in ("local", "global")
+                                                          for m in ("img_model.final_fc", "relation")))}
 
 
 def _model(name: str, **changes: object) -> torch.nn.Module:
@@ -86,7 +89,7 @@ def test_auxiliary_losses_are_finite_and_fall_on_an_overfit_batch(name: str) -> 
     assert sum(model.loss_weights.get(k, 1.0) * v for k, v in last.items()) < \
         0.7 * sum(model.loss_weights.get(k, 1.0) * v for k, v in first.items())
     # CRN's mutual-learning terms start near zero (both networks start alike) and measure disagreement
-    falling = [k for k in first if k not in ("kl", "img")]
+    falling = [k for k in first if k.split(".")[-1] not in ("mul_kl", "img")]
     assert len(falling) >= 1
     for k in falling:
         assert last[k] < first[k], (k, first[k], last[k])
@@ -198,7 +201,89 @@ def test_crn_freezing_reaches_both_branch_encoders() -> None:
     model = _model("crn", freeze_image=True, freeze_text=True)
     assert not any(p.requires_grad for enc in model.image_encoders() + model.text_encoders() for p in enc.parameters())
     model.train()
-    assert not model.image_encoder_global.training and model.branches.training
+    assert not model.image_encoder_global.training and model.networks.training
+
+
+def test_crn_widths_are_the_releases_at_embed_dim_2048_and_follow_a_width_map() -> None:
+    from cirlab.models.crn import CRNWidths
+
+    release = CRNWidths()
+    assert (release.dim, release.map, release.local_paths, release.global_paths) == (
+        1024, 2048, (640, 512, 512, 384), (384, 256, 256, 128))
+    assert CRNWidths.for_dim(1024) == release
+    halved = release.remapped({w: w // 2 for w in (1024, 2048, 640, 512, 384, 256, 224, 128)})
+    assert (halved.map, halved.local_paths, halved.middle) == (1024, (320, 256, 256, 192), 112)
+    model = _model("crn", embed_dim=64, options={"width_map": {"1024": 32, "2048": 64, "640": 20, "512": 16,
+                                                               "384": 12, "256": 8, "224": 7, "128": 4}})
+    assert model.networks["local"].fuse.inception_gamma.branch2[1].conv.out_channels == 7
+    with pytest.raises(CirlabError, match="add up"):
+        _model("crn", embed_dim=64, options={"width_map": {"1024": 32, "2048": 64}})
+    with pytest.raises(CirlabError, match="embed_dim must be 2 x width_map"):
+        _model("crn", options={"width_map": {"1024": 32, "2048": 64, "640": 20, "512": 16, "384": 12, "256": 8,
+                                             "224": 7, "128": 4}})
+    with pytest.raises(CirlabError, match="unknown fields"):
+        _model("crn", options={"temperature_local": 7.0})
+
+
+def test_crn_classification_scales_the_cosine_once_and_weights_name_both_networks() -> None:
+    """class = cross-entropy of loss_weight x cosine (10 at init, not 100); `class` weighs both networks."""
+    torch.manual_seed(0)
+    model = _model("crn")
+    terms = _terms(model, _batch(4))
+    assert set(terms) == {"local.class", "local.perceptual", "local.img", "local.mul_kl", "global.class",
+                          "global.img", "global.mul_kl"}
+    src, texts, tgt = _batch(4)
+    q = model.query("global", model.encode_image(src), model.encode_text(texts))[1]
+    t = model.target("global", model.encode_image(tgt))[1]
+    cos = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).t()
+    torch.testing.assert_close(terms["global.class"], torch.nn.functional.cross_entropy(10 * cos, torch.arange(4)))
+    weighted = _model("crn", options={"loss_weights": {"class": 2.0, "local.img": 0.5}})
+    expected = sum(terms.values()) + terms["local.class"] + terms["global.class"] - 0.5 * terms["local.img"]
+    torch.testing.assert_close(weighted.total_loss(terms), expected)
+
+
+def test_crn_paper_variants_are_options() -> None:
+    """The release's defaults (no word mask, aggregation discarded, cross relation unused, pooled 1 x 1 map);
+    each option changes the numbers or the terms."""
+    torch.manual_seed(0)
+    released = _model("crn").eval()
+    src, texts, tgt = _batch(3)
+    base = released.compose(src, ["x", "add a large red circle to the top-left", "remove"])
+    assert released.encode_image(src)["local.map"].shape[2:] == (1, 1)
+    for options in ({"word_mask": True}, {"aggregation": "map"}, {"image_map": "spatial"}):
+        variant = _model("crn", options=options).eval()
+        variant.load_state_dict(released.state_dict())
+        assert not torch.allclose(variant.compose(src, ["x", "add a large red circle to the top-left", "remove"]),
+                                  base), options
+    terms = _terms(_model("crn", options={"relation_loss": True}), (src, texts, tgt))
+    assert {"local.correct", "global.correct"} <= set(terms)
+    with pytest.raises(CirlabError, match="aggregation must be one of"):
+        _model("crn", options={"aggregation": "used"})
+
+
+def test_crn_loads_a_released_state_dict_through_the_reference_names() -> None:
+    """The released pair's entries (local_model.*, global_model.*; text_model = crn_lstm) load into a fresh
+    model and give the same numbers; the Swin's entries are skipped, a foreign or a missing entry refused."""
+    options = {"text_encoder": "crn_lstm", "text_options": {"word_dim": 8, "hidden_dim": 16}}
+    torch.manual_seed(0)
+    source = _model("crn", **options).eval()
+    names = source.reference_names()
+    assert names["networks.global.fuse.inception_beta.branch3.1.bn.running_var"] == \
+        "global_model.global_fuse.inception_beta.branch3.1.bn.running_var"
+    assert names["text_encoder_global.lstm.weight_hh_l0"] == "global_model.text_model.lstm.weight_hh_l0"
+    released = {ref: source.state_dict()[ours] for ours, ref in names.items()}
+    torch.manual_seed(1)
+    target = _model("crn", **options).eval()
+    for encoder in ("image_encoder", "image_encoder_global"):
+        getattr(target, encoder).load_state_dict(getattr(source, encoder).state_dict())
+    target.load_reference_state_dict({**released, "local_model.img_model.img_model.head.weight": torch.zeros(1)})
+    src, texts, tgt = _batch(3)
+    torch.testing.assert_close(target.compose(src, texts), source.compose(src, texts), rtol=0, atol=0)
+    torch.testing.assert_close(target.embed_target(tgt), source.embed_target(tgt), rtol=0, atol=0)
+    with pytest.raises(CirlabError, match="without a place"):
+        target.load_reference_state_dict({**released, "local_model.extra.weight": torch.zeros(1)})
+    with pytest.raises(CirlabError, match="missing"):
+        target.load_reference_state_dict({k: v for k, v in released.items() if k != "global_model.loss_weight"})
 
 
 def test_combiner_output_is_normalised_and_scale_fixed() -> None:

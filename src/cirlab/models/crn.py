@@ -40,7 +40,8 @@ Options (`--model-option`), the release's behaviour by default:
   (it returns `imgs`), so by default it is not computed; `map` uses `imgs + final` as the image map (query and
   perceptual loss; our reading of the paper). `aggregate_stages` = [1, 2]: the encoder stages averaged (the
   release's Swin `early_stage[1]`, `[2]`). `final_fc` is built whenever the encoder has those stages, as released;
-- `word_mask` = false (release) | true: padded words leave the local softmax and the global GeM;
+- `word_mask` = false (release) | true: padded words leave the local softmax and the global GeM (the global
+  Inception1d still convolves over them, so a query's vector can still depend on its batch's padding);
 - `relation_loss` = false (release: the cross relation FusDiff(q, t) is computed and reaches no loss, so it is
   not computed) | true: adds `correct` = the base loss between FusDiff(q, t) and the max over words of the
   tokens, the release's commented-out `loss['correct']` (`relation` = the release's `correct_module`);
