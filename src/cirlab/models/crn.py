@@ -56,7 +56,7 @@ Deviations from the release (none changes a number of one forward pass and its g
   global one, whose terms use local features recomputed by the updated local network;
 - forwards whose results the release throws away are skipped: the composition of an all-zero "mask" image in
   each compute_loss, the other network's features that train.py recomputes for each step, the aggregation, the
-  cross relation, the max-pooled text. Their only effect in the release is on BatchNorm running statistics
+  cross relation, the max-pooled text. Their only lasting effect in the release is on BatchNorm running statistics
   (each Inception BatchNorm sees three batches per step there, one of them a blank image; one batch here), so
   evaluation-time statistics differ;
 - BatchNorm on a single value per channel (a batch of one with 1 x 1 maps) uses the running statistics instead
