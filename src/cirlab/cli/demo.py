@@ -19,6 +19,7 @@ from cirlab.training import TrainConfig, Trainer, load_run, open_dataset
 from cirlab.training.checkpoint import has_checkpoint
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import read_json, write_json_atomic
+from cirlab.utils.threads import add_threads_argument
 
 #: The demo's recipe: chosen with bench/css_budget_sweep.py to reach a useful Recall@1 within minutes on a CPU.
 DEMO_ITERS = 3000
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=int, default=None, help="size of a newly generated CSS train split")
     p.add_argument("--test-images", type=int, default=None, help="size of a newly generated CSS test split")
     p.add_argument("--fresh", action="store_true", help="train again even if a finished run exists")
+    add_threads_argument(p)
     p.set_defaults(handler=run)
 
 

@@ -11,6 +11,7 @@ from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.evaluation import evaluate_run
 from cirlab.training import distributed
 from cirlab.utils.io import write_json_atomic
+from cirlab.utils.threads import add_threads_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a dataset option of the run (e.g. gallery_protocol=val-union)")
     p.add_argument("--skip-missing", action="store_true", help="drop queries whose images are missing")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    add_threads_argument(p)
     p.set_defaults(handler=run)
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cirlab.cli._options import parse_key_values, print_json_line
+from cirlab.utils.threads import add_threads_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None, help="dataset location for --split, if it moved since training")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    add_threads_argument(p)
     p.set_defaults(handler=run)
 
 

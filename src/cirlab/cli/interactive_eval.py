@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cirlab.cli._options import print_json_line
+from cirlab.utils.threads import add_threads_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="where to write interactive_eval.json/.png (default: the run directory)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    add_threads_argument(p)
     p.set_defaults(handler=run)
 
 

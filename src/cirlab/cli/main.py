@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import cirlab.cli
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.threads import apply_from_args, prepare_environment
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -36,12 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_environment()  # before a command imports torch: OpenMP reads how idle threads wait only once
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     try:
+        apply_from_args(args)  # commands with --threads: torch's thread counts, printed once
         return int(args.handler(args) or 0)
     except CirlabError as exc:
         print(f"cirlab: error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cirlab.cli._options import print_json_line
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.threads import add_threads_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="results to print (default 10)")
     p.add_argument("--run", type=Path, default=None, help="run directory, if it moved since indexing")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    add_threads_argument(p)
     p.set_defaults(handler=run)
 
 

@@ -7,6 +7,7 @@ import ipaddress
 from pathlib import Path
 
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.threads import add_threads_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--run", type=Path, default=None, help="run directory, if it moved since indexing")
     p.add_argument("--demo-dir", type=Path, default=Path("runs/demo"), help="where `cirlab demo` wrote its output")
-    p.add_argument("--threads", type=int, default=0, help="torch/FAISS threads for the model (0: library default)")
+    add_threads_argument(p)  # torch threads are set by cirlab.cli.main; FAISS gets the same count when given
     p.set_defaults(handler=run)
 
 
@@ -31,7 +32,6 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     import uvicorn
 
     from cirlab.index import Retriever
@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise CirlabError(f"--port must be in 1..65535, got {args.port}")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if args.threads:
         try:
             import faiss
 

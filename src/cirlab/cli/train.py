@@ -25,6 +25,7 @@ from cirlab.training.checkpoint import has_checkpoint
 from cirlab.training.run_dir import open_dataset
 from cirlab.training.trainer import resolve_device
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.threads import add_threads_argument
 
 DEFAULTS = TrainConfig()
 #: Flags whose default is "not given" (None), so that a seed command's own defaults can fill them.
@@ -94,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     seed_flags.add_seed_arguments(p)
+    add_threads_argument(p)
     p.set_defaults(handler=run)
 
 
