@@ -100,10 +100,13 @@ def test_seed_command_resolves_to_its_repository_meaning(name: str, tmp_path: Pa
         assert seed.dialect == "crn" and config.model.name == "crn"
         assert (config.optimizer, config.lr, config.adam_eps, config.weight_decay) == ("adam", 3e-5, 1e-8, 1e-6)
         assert config.batch_size == 16 and config.trunk_lr_mult() == 1.0
+        assert config.loss == "batch_based_classification" and config.model.embed_dim == 2048
+        assert (config.model.text_encoder, config.model.text_options) == ("crn_lstm", {"word_dim": 768,
+                                                                                        "hidden_dim": 1024})
         epochs = int(words(name)[words(name).index("--num_epochs") + 1])
         samples = open_dataset(config, "train").epoch_size()
         per_epoch = max(samples // 16, 1)  # drop_last loaders: full batches of 16 per epoch
-        assert config.iters == epochs * per_epoch
+        assert config.iters == epochs * per_epoch and config.epochs == epochs
         assert config.seed == (599 if "--seed" not in words(name) else 6195)
         assert config.model.options["loss_weights"] == {"class": 1.0, "img": 1.0, "mul_kl": 1.0}
         assert config.augment == ("none" if crn_dataset(name) == "fashion200k" else "crop_flip")
@@ -140,7 +143,7 @@ def test_seed_command_runs(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
                            capsys: pytest.CaptureFixture[str]) -> None:
     argv = prepare(name, tmp_path)
     monkeypatch.chdir(tmp_path / "work")
-    small = ["--batch-size", "4", "--image-size", "32", "--embed-dim", "32"]
+    small = ["--batch-size", "2", "--image-size", "32", "--embed-dim", "32"]
     assert main([*argv, "--iters", "1", "--no-eval", *small]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("note: resnet18 starts from random weights")
@@ -183,6 +186,6 @@ def test_later_iters_overrides_epochs_and_use_bert_false_is_false(tmp_path: Path
     argv = ["train", "--model", "crn", *words("crn_shoes"), "--data-root", str(root), "--iters", "7"]
     config, seed = resolved(argv)
     apply_epochs(config, seed, explicit_iters=True)
-    assert config.iters == 7 and any("--iters 7 overrides" in n for n in seed.notes)
+    assert config.iters == 7 and config.epochs == 0 and any("--iters 7 overrides" in n for n in seed.notes)
     config, _ = resolved(["train", "--dataset_path", str(root), "--use_bert", "False"])
     assert config.model.text_encoder == "lstm"

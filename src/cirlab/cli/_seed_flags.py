@@ -126,9 +126,6 @@ class SeedRun:
     model_options: dict[str, Any] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 0  # > 0: the run length in epochs, turned into iterations once the dataset is open
-    decay_epochs: int = 0
-    decay_until_epochs: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -208,10 +205,12 @@ def _crn(args: argparse.Namespace, run: SeedRun) -> None:
     defaults = {"optimizer": "adam", "lr": 3e-5, "batch_size": 16, "weight_decay": 1e-6, "backbone_lr_mult": 1.0,
                 "seed": 599}
     run.train = {**defaults, **run.train}
-    run.model["image_encoder"] = "resnet18"
+    run.train["loss"] = "batch_based_classification"  # train.py: cross-entropy of loss_weight * cos
+    run.model.update(image_encoder="resnet18", embed_dim=2048, text_encoder="crn_lstm", text_dim=1024,
+                     text_options={"word_dim": 768, "hidden_dim": 1024})  # two 1024-wide networks, the release's LSTM
     run.notes.append("yan9qu/crn trains a Swin-L (timm, ImageNet-22k) image encoder; this run uses "
                      "--image-encoder (default resnet18); pass --image-encoder hf:<local Swin folder> for the paper's")
-    run.epochs, run.decay_epochs, run.decay_until_epochs = 50, 20, 40
+    run.train.update(epochs=50, lr_decay_epochs=20, lr_decay_until_epochs=40)
     dataset = SEED_DATASETS.get(args.dataset, args.dataset)
     run.train["augment"] = "crop_flip" if dataset in ("fashioniq", "shoes") else "none"
     if dataset == "fashioniq":
@@ -222,10 +221,10 @@ def _crn(args: argparse.Namespace, run: SeedRun) -> None:
     for flag in ("--fashioniq_path", "--shoes_path", "--fashion200k"):
         if given(args, flag):
             run.train["data_root"] = value(args, flag)
-    simple = {"--num_epochs": "epochs", "--lr_decay": "decay_epochs", "--max_decay_epoch": "decay_until_epochs"}
-    for flag, attr in simple.items():
+    simple = {"--num_epochs": "epochs", "--lr_decay": "lr_decay_epochs", "--max_decay_epoch": "lr_decay_until_epochs"}
+    for flag, key in simple.items():
         if given(args, flag):
-            setattr(run, attr, value(args, flag))
+            run.train[key] = value(args, flag)
     if given(args, "--lr_div"):
         run.train["lr_decay"] = value(args, "--lr_div")
     if given(args, "--eps"):

@@ -22,15 +22,16 @@ from cirlab.losses import LOSSES
 from cirlab.models import MODELS, ModelConfig
 from cirlab.training import TrainConfig, Trainer, distributed, load_config
 from cirlab.training.checkpoint import has_checkpoint
-from cirlab.training.run_dir import open_dataset
+from cirlab.training.recipes import apply_overrides, load_recipe
+from cirlab.training.run_dir import check_new_run_dir, load_config_file, open_dataset, removed_on_failure
 from cirlab.training.trainer import resolve_device
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.threads import add_threads_argument
 
 DEFAULTS = TrainConfig()
 #: Flags whose default is "not given" (None), so that a seed command's own defaults can fill them.
-LAYERED = ("iters", "batch_size", "lr", "lr_decay_every", "lr_decay", "weight_decay", "momentum", "seed", "workers",
-           "image_size", "optimizer", "augment", "log_every")
+LAYERED = ("loss", "iters", "batch_size", "lr", "lr_decay_every", "lr_decay", "weight_decay", "momentum", "seed",
+           "workers", "image_size", "optimizer", "augment", "log_every")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,12 +54,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model into a run directory")
+    p.add_argument("--recipe", default=None, help="start from a shipped recipe (`cirlab recipes` lists them)")
+    p.add_argument("--config", type=Path, default=None, help="start from a run's config.json (reruns it exactly)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                   help="override a recipe/config setting, e.g. iters=5 or model.embed_dim=256")
     p.add_argument("--dataset", default=DEFAULTS.dataset, help=f"dataset ({', '.join(DATASETS.names())})")
     p.add_argument("--data-root", dest="data_root", default=None, help=f"data folder (default {DEFAULTS.data_root})")
     p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset-specific option")
     p.add_argument("--skip-missing", action="store_true", help="drop pairs/queries whose images are missing")
     add_model_arguments(p)
-    p.add_argument("--loss", default=DEFAULTS.loss, help=f"base loss ({', '.join(LOSSES.names())})")
+    p.add_argument("--loss", default=None, help=f"base loss ({', '.join(LOSSES.names())}; default {DEFAULTS.loss})")
     p.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"])
     p.add_argument("--iters", type=int, default=None, help=f"training iterations (default {DEFAULTS.iters}); "
                                                           "overrides a seed command's --num_iters/--num_epochs")
@@ -118,7 +123,7 @@ def model_config_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | 
         settings["image_encoder"] = args.image_encoder
     if args.embed_dim is not None:
         settings["embed_dim"] = args.embed_dim
-    text_options = parse_key_values(args.text_option, "--text-option")
+    text_options = {**settings.pop("text_options", {}), **parse_key_values(args.text_option, "--text-option")}
     if settings["text_encoder"] == "minilm":
         text_options.setdefault("project", False)
     return ModelConfig(name=model, image_weights=args.image_weights,
@@ -131,7 +136,6 @@ def config_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None =
     seed = seed or seed_flags.SeedRun()
     dataset = seed_flags.SEED_DATASETS.get(args.dataset, args.dataset)
     DATASETS.get(dataset)
-    LOSSES.get(args.loss)
     known = {f.name for f in fields(TrainConfig)}
     settings: dict[str, Any] = {k: v for k, v in seed.train.items() if k in known}
     settings.update({k: getattr(args, k) for k in LAYERED if getattr(args, k) is not None})
@@ -144,13 +148,38 @@ def config_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None =
             raise CirlabError(f"--{flag.replace('_', '-')} must be positive")
     if settings.get("lr", 1.0) <= 0:
         raise CirlabError("--lr must be positive")
+    LOSSES.get(settings.get("loss", DEFAULTS.loss))
     return TrainConfig(
         dataset=dataset, dataset_options={**seed.dataset_options, **dataset_options_from_args(args)},
         eval_split=args.eval_split or DATASETS.get(dataset).eval_split,  # val for FashionIQ and CIRR
-        model=model_config_from_args(args, seed), loss=args.loss, grad_clip=args.grad_clip,
+        model=model_config_from_args(args, seed), grad_clip=args.grad_clip,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, pad=args.pad, minutes=args.minutes,
         comment=args.comment or seed.train.get("comment", ""), device=args.device, feature_cache=args.feature_cache,
         lr_decay_until=args.lr_decay_until, **settings)
+
+
+def config_from_file_args(args: argparse.Namespace) -> TrainConfig:
+    """`--recipe NAME` or `--config FILE`, then `--data-root`, the explicit run-shaping flags and `--set`."""
+    if args.recipe and args.config:
+        raise CirlabError("--recipe and --config are alternatives; give one")
+    shaping = ("image_encoder", "embed_dim", "model_option", "image_option", "text_option", "loss_weight",
+               "dataset_option", "image_weights")
+    given = {"--model": args.model != ModelConfig().name, "--dataset": args.dataset != DEFAULTS.dataset,
+             **{"--" + k.replace("_", "-"): bool(getattr(args, k)) for k in shaping}}
+    clash = [flag for flag, is_given in given.items() if is_given]
+    if clash:
+        raise CirlabError(f"{clash[0]} cannot be combined with --recipe/--config; change the setting with "
+                          "--set KEY=VALUE")
+    if args.recipe:
+        settings = dict(load_recipe(args.recipe).train)
+    else:
+        settings = load_config_file(args.config).to_dict()
+    if args.data_root is not None:
+        settings["data_root"] = str(args.data_root)
+    settings.update({k: getattr(args, k) for k in LAYERED if getattr(args, k) is not None})
+    if args.iters is not None:
+        settings["epochs"] = 0  # --iters replaces a length in epochs
+    return TrainConfig.from_dict(apply_overrides(settings, parse_key_values(args.overrides, "--set")))
 
 
 def dataset_options_from_args(args: argparse.Namespace) -> dict:
@@ -161,19 +190,18 @@ def dataset_options_from_args(args: argparse.Namespace) -> dict:
 
 
 def apply_epochs(config: TrainConfig, seed: seed_flags.SeedRun, explicit_iters: bool) -> None:
-    """Turn a seed command's epochs (run length, lr decay period and limit) into iterations of its dataset."""
-    if not seed.epochs:
+    """A run counted in epochs: an explicit `--iters` wins over them, else resolve them on the dataset's epoch size
+    (the trainer does the same at start, so the printed configuration is the one that trains)."""
+    if not config.epochs:
+        return
+    if explicit_iters:
+        seed.notes.append(f"--iters {config.iters} overrides the length of {config.epochs} epochs")
+        config.epochs = 0
         return
     size = open_dataset(config, config.train_split).epoch_size()
-    per_epoch = max(size // config.batch_size, 1)  # the releases' loaders drop the last partial batch
-    if not explicit_iters:
-        config.iters = seed.epochs * per_epoch
-    if seed.decay_epochs:
-        config.lr_decay_every = seed.decay_epochs * per_epoch
-        config.lr_decay_until = seed.decay_until_epochs * per_epoch
-    seed.notes.append(f"{seed.epochs} epochs of {size} training samples at batch {config.batch_size} = "
-                      f"{seed.epochs * per_epoch} iterations ({per_epoch} per epoch)"
-                      + (f"; --iters {config.iters} overrides the length" if explicit_iters else ""))
+    per_epoch = config.resolve_epochs(size)
+    seed.notes.append(f"{config.epochs} epochs of {size} training samples at batch {config.batch_size} = "
+                      f"{config.iters} iterations ({per_epoch} per epoch)")
 
 
 def weights_notice(config: TrainConfig) -> str | None:
@@ -221,9 +249,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(run_dir)
         print(f"resuming {run_dir} with its saved config")
     else:
-        config = config_from_args(args, seed)
-        if (run_dir / "config.json").exists():
-            raise CirlabError(f"{run_dir} already holds a run; use --resume or another --out")
+        config = config_from_file_args(args) if args.recipe or args.config else config_from_args(args, seed)
+        check_new_run_dir(run_dir)
         apply_epochs(config, seed, explicit_iters=args.iters is not None)
     if ctx.is_main:
         print_resolved(config, seed)
@@ -234,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
         evaluate = make_cached_eval_fn(config, run_dir, progress=not args.json)
     else:
         evaluate = make_eval_fn(config, progress=not args.json)
-    summary = Trainer(config, run_dir, evaluate, progress=True).train(resume=args.resume)
+    with removed_on_failure(run_dir, enabled=ctx.is_main and not args.resume):  # a failed start leaves nothing
+        summary = Trainer(config, run_dir, evaluate, progress=True).train(resume=args.resume)
     if not ctx.is_main:
         return 130 if summary["interrupted"] else 0
     metrics = summary.get("metrics", {})

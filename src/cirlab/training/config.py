@@ -25,6 +25,9 @@ class TrainConfig:
     loss: str = "soft_triplet"
     optimizer: str = "sgd"  # "sgd" (TIRG, ComposeAE) or "adam"/"adamw" (CRN, Combiner)
     iters: int = 160_000
+    epochs: int = 0  # > 0: train this many epochs of the dataset's epoch_size() instead (sets iters at start)
+    lr_decay_epochs: int = 0  # > 0: lr_decay_every in epochs (CRN's --lr_decay)
+    lr_decay_until_epochs: int = 0  # > 0: lr_decay_until in epochs (CRN's --max_decay_epoch)
     batch_size: int = 32
     lr: float = 0.01
     lr_decay_every: int = 0  # 0: never (google/tirg's default); its README passes 50,000 on Fashion200k/MIT-States
@@ -55,6 +58,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resolve_epochs(self, epoch_size: int) -> int:
+        """Turn the epoch settings into iterations of `epoch_size` samples at this batch size (the releases' loaders
+        drop the last partial batch); returns the iterations per epoch (0 when the run counts iterations)."""
+        if not self.epochs:
+            return 0
+        per_epoch = max(epoch_size // self.batch_size, 1)
+        self.iters = self.epochs * per_epoch
+        if self.lr_decay_epochs:
+            self.lr_decay_every = self.lr_decay_epochs * per_epoch
+            self.lr_decay_until = self.lr_decay_until_epochs * per_epoch
+        return per_epoch
 
     def trunk_lr_mult(self) -> float:
         """`backbone_lr_mult`, or the dataset's released default when it is None."""

@@ -160,6 +160,8 @@ class Trainer:
                 self.device = torch.device("cuda", self.ctx.local_rank)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dataset = open_dataset(cfg, cfg.train_split)
+        if cfg.epochs and not resume:
+            cfg.resolve_epochs(self.dataset.epoch_size())
         check_batch_size(cfg.batch_size, self.dataset)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, texts=self.dataset.train_texts(), assets_dir=self.run_dir if resume
