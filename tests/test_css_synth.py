@@ -22,6 +22,8 @@ from cirlab.datasets.css_synth import (
     make_object,
     scene_signature,
 )
+from cirlab.utils.errors import CirlabError
+from cirlab.utils.safe_pickle import load_pickled_npy
 
 SMALL = CSSSynthConfig(seed=3, train_images=300, test_images=150)
 
@@ -31,7 +33,7 @@ def _same_scene(a: list[dict], b: list[dict]) -> bool:
 
 
 def _load(npy: Path) -> dict:
-    return np.load(npy, allow_pickle=True).item()
+    return load_pickled_npy(npy)
 
 
 def _pairs(split: dict):
@@ -153,11 +155,42 @@ def test_generate_returns_early_only_when_the_config_matches(tmp_path):
     stamp = npy.stat().st_mtime_ns
     assert generate_css(tmp_path, config, progress=False) == npy and npy.stat().st_mtime_ns == stamp
     bigger = CSSSynthConfig(seed=5, train_images=21, test_images=7)
-    generate_css(tmp_path, bigger, progress=False)
+    with pytest.raises(CirlabError, match="other settings \\(train_images 14 -> 21\\); not replaced: pass --force"):
+        generate_css(tmp_path, bigger, progress=False)
+    assert npy.stat().st_mtime_ns == stamp
+    generate_css(tmp_path, bigger, progress=False, force=True)
     assert _load(npy)["generator_config"]["train_images"] == 21
-    generate_css(tmp_path, config, progress=False)
+    generate_css(tmp_path, config, progress=False, force=True)
     assert len(_load(npy)["train"]["objects_img"]) == 14
     assert len(list((tmp_path / "images").glob("css_train_*.png"))) == 14
+
+
+def test_an_interrupted_generation_continues_without_force(tmp_path, monkeypatch):
+    import cirlab.datasets.css_synth as synth
+
+    config = CSSSynthConfig(seed=5, train_images=14, test_images=7)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_remove_stale_images", crash)  # after every image, before the .npy
+    with pytest.raises(KeyboardInterrupt):
+        generate_css(tmp_path, config, progress=False)
+    assert (tmp_path / "images" / "css_test_000006.png").is_file() and not (tmp_path / synth.CSS_FILE).exists()
+    monkeypatch.undo()
+    generate_css(tmp_path, config, progress=False)
+    assert len(_load(tmp_path / synth.CSS_FILE)["train"]["objects_img"]) == 14
+    assert not (tmp_path / synth.PARTIAL_MARKER).exists()
+
+
+def test_the_original_css3d_file_is_never_replaced_without_force(tmp_path):
+    from test_datasets_css import original_css
+
+    root = original_css(tmp_path / "css")
+    before = (root / "css_toy_dataset_novel2_small.dup.npy").read_bytes()
+    with pytest.raises(CirlabError, match="did not generate \\(e.g. the original CSS3D\\)"):
+        generate_css(root, CSSSynthConfig(seed=5, train_images=14, test_images=7), progress=False)
+    assert (root / "css_toy_dataset_novel2_small.dup.npy").read_bytes() == before
 
 
 def test_pngs_show_tirg_colors_at_object_centres(generated):

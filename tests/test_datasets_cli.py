@@ -17,7 +17,7 @@ from cirlab.cli.main import main
 from cirlab.datasets import DATASETS
 
 TINY = ["--embed-dim", "16", "--text-dim", "16", "--image-option", "width=4", "--text-option", "word_dim=8",
-        "--text-option", "hidden_dim=16", "--image-size", "16", "--batch-size", "4", "--iters", "2",
+        "--text-option", "hidden_dim=16", "--image-size", "16", "--batch-size", "2", "--iters", "2",
         "--checkpoint-every", "0"]
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "fashion200k": make_fashion200k, "mitstates": make_mitstates, "fashioniq": make_fashioniq, "shoes": make_shoes,

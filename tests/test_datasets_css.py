@@ -103,3 +103,50 @@ def test_released_sampling_pairs_two_mods_of_one_source(tiny_css: Path) -> None:
     assert sum(a.source == b.source for a, b in zip(independent[0::2], independent[1::2], strict=True)) < 8
     with pytest.raises(CirlabError, match="sampling must be one of paired, independent"):
         build_dataset("css", tiny_css, "train", sampling="pairs")
+
+
+def save_object_npy(path: Path, obj: Any, protocol: int = 3) -> Path:
+    """A pickled .npy the way np.save writes one (0-d object array), with a chosen pickle protocol."""
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
+        pickle.dump(np.array(obj, dtype=object), fh, protocol=protocol)
+    return path
+
+
+def test_restricted_loader_reads_plain_data_and_numpy_1_names(tmp_path: Path) -> None:
+    from cirlab.utils.safe_pickle import load_pickled_npy
+
+    data = {"a": [1, 2.5, "x", None, True, (3, 4)], "pos": np.array([0.2, 0.8], dtype=np.float32),
+            "labels": np.arange(3, dtype=np.int64), "s": np.float64(1.5), "b": b"raw"}
+    path = save_object_npy(tmp_path / "d.npy", data, protocol=2)
+    loaded = load_pickled_npy(path)
+    assert loaded["a"] == data["a"] and loaded["labels"].tolist() == [0, 1, 2] and loaded["s"] == 1.5
+    assert loaded["pos"].dtype == np.float32 and loaded["b"] == b"raw"
+    # NumPy 1.x (and the original CSS3D file) spell the array constructor numpy.core.multiarray._reconstruct
+    raw = path.read_bytes()
+    assert b"numpy._core.multiarray\n_reconstruct" in raw
+    path.write_bytes(raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    assert load_pickled_npy(path)["labels"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("obj, needle", [
+    ({"s": {1, 2}}, "it asks to call builtins.set"),
+    ({"m": np.ma.masked_array([1, 2])}, "it asks to call numpy.ma.core._mareconstruct"),
+    ({"r": np.zeros(2, dtype=[("x", "f4"), ("y", "i4")])}, "not plain data"),
+    ({"e": CirlabError("x")}, "it asks to call cirlab.utils.errors.CirlabError"),
+])
+def test_restricted_loader_refuses_everything_else(obj: Any, needle: str, tmp_path: Path) -> None:
+    from cirlab.utils.safe_pickle import load_pickled_npy
+
+    path = save_object_npy(tmp_path / "d.npy", obj)
+    with pytest.raises(CirlabError, match=f"refusing to load {path}") as info:
+        load_pickled_npy(path)
+    assert needle in str(info.value)
+
+
+def test_plain_array_npy_is_not_a_css_file(tmp_path: Path) -> None:
+    root = tmp_path / "css"
+    root.mkdir()
+    np.save(root / CSS_FILE, np.zeros((2, 2)))
+    with pytest.raises(CirlabError, match="holds a plain float64 array of shape \\(2, 2\\), not a pickled dict"):
+        build_dataset("css", root, "train")

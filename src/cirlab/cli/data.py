@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     css.add_argument("--test-images", type=int, default=None)
     css.add_argument("--image-size", type=int, default=None)
     css.add_argument("--paper-scale", action="store_true", help="about 19K images and 16K queries per split")
+    css.add_argument("--force", action="store_true",
+                     help="replace a different CSS set already in --out (without it, that is refused; the same "
+                          "settings are a no-op)")
     css.set_defaults(handler=run_css)
     stats = dsub.add_parser("stats", help="pairs, queries, gallery and missing images per split")
     stats.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS.names())}")
@@ -34,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_css(args: argparse.Namespace) -> int:
-    from cirlab.datasets.css_synth import PAPER_SCALE, CSSSynthConfig, generate_css
+    """Generate into --out; an identical set there is kept as it is, a different one is refused unless --force."""
+    from cirlab.datasets.css_synth import PAPER_SCALE, CSSSynthConfig, existing_set, generate_css
 
     base = PAPER_SCALE if args.paper_scale else CSSSynthConfig()
     changes = {k: v for k, v in (("seed", args.seed), ("train_images", args.train_images),
@@ -43,7 +47,10 @@ def run_css(args: argparse.Namespace) -> int:
         if key in changes and changes[key] <= 0:
             raise CirlabError(f"--{key.replace('_', '-')} must be positive")
     config = dataclasses.replace(base, **changes)
-    path = generate_css(args.out, config)
+    if args.out.is_dir() and existing_set(args.out, config) == "same":
+        print(f"CSS benchmark already present with these settings, nothing rewritten: {args.out}")
+        return 0
+    path = generate_css(args.out, config, force=args.force)
     print(f"CSS benchmark written: {path}")
     return 0
 

@@ -1,8 +1,9 @@
 """`cirlab demo`: the embedded default end to end — generate CSS, train TIRG, evaluate, write a report.
 
 Layout of the output directory (default `runs/demo/`): `data/` (the CSS set), `run/` (the trained run
-directory), `report.md`, `recall.png`, `examples.png`. A finished run is reused on a second call (use
-`--fresh` to train again); an interrupted one is resumed from its checkpoint.
+directory), `report.md`, `recall.png`, `examples.png`, and `.cirlab-demo` (marks the folder as the demo's). A
+finished run is reused on a second call (use `--fresh` to train again); an interrupted one is resumed from its
+checkpoint. A folder without the marker that already holds any of those names is refused unless `--force`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from cirlab.evaluation import evaluate_run
 from cirlab.models import ModelConfig
 from cirlab.training import TrainConfig, Trainer, load_run, open_dataset
 from cirlab.training.checkpoint import has_checkpoint
+from cirlab.training.run_dir import read_metrics
 from cirlab.utils.errors import CirlabError
-from cirlab.utils.io import read_json, write_json_atomic
+from cirlab.utils.io import write_json_atomic
 from cirlab.utils.threads import add_threads_argument
 
 #: The demo's recipe: chosen with bench/css_budget_sweep.py to reach a useful Recall@1 within minutes on a CPU.
 DEMO_ITERS = 3000
 DEMO_MINUTES = 7.0
+MARKER = ".cirlab-demo"
+LAYOUT = ("data", "run", "report.md", "recall.png", "examples.png")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=int, default=None, help="size of a newly generated CSS train split")
     p.add_argument("--test-images", type=int, default=None, help="size of a newly generated CSS test split")
     p.add_argument("--fresh", action="store_true", help="train again even if a finished run exists")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out that holds files of the same names not made by the demo")
     add_threads_argument(p)
     p.set_defaults(handler=run)
 
@@ -47,6 +53,20 @@ def demo_config(data_root: Path, args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, checkpoint_every=250, minutes=args.minutes, device="cpu")
 
 
+def claim_out_dir(out: Path, force: bool) -> None:
+    """Refuse an --out whose demo file names already exist but were not made by the demo (no marker), unless
+    `force`; then mark the folder as the demo's."""
+    if out.exists() and not out.is_dir():
+        raise CirlabError(f"--out {out} is a file, not a folder")
+    if not force and not (out / MARKER).is_file():
+        clashes = [name for name in LAYOUT if (out / name).exists()]
+        if clashes:
+            raise CirlabError(f"--out {out} already holds {', '.join(clashes)}, not made by `cirlab demo`; pass "
+                              "--force to write over them, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+
+
 def run(args: argparse.Namespace) -> int:
     from cirlab.datasets.css_synth import CSSSynthConfig, generate_css
     from cirlab.evaluation.report import write_report
@@ -56,17 +76,18 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out: Path = args.out
     data_root, run_dir = out / "data", out / "run"
+    claim_out_dir(out, args.force)
     print(f"[1/4] CSS benchmark in {data_root}")
     if not (data_root / CSS_FILE).is_file():
         sizes = {k: v for k, v in (("train_images", args.train_images), ("test_images", args.test_images)) if v}
-        generate_css(data_root, CSSSynthConfig(seed=args.seed, **sizes))
-    finished = (run_dir / "metrics.json").is_file() and not read_json(run_dir / "metrics.json").get("interrupted")
+        generate_css(data_root, CSSSynthConfig(seed=args.seed, **sizes), force=args.force)
+    finished = (run_dir / "metrics.json").is_file() and read_metrics(run_dir)["interrupted"] is False
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
         finished = False
     if finished:
         print(f"[2/4] reusing the finished run in {run_dir} (pass --fresh to train again)")
-        summary = read_json(run_dir / "metrics.json")
+        summary = read_metrics(run_dir)
     else:
         resume = has_checkpoint(run_dir)
         config = demo_config(data_root, args)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.evaluation import evaluate_run
-from cirlab.training import distributed
-from cirlab.utils.io import write_json_atomic
+from cirlab.training import distributed, load_config
+from cirlab.training.checkpoint import checkpoint_dir
+from cirlab.training.run_dir import METRICS_FILE, WEIGHTS_FILE, read_metrics
+from cirlab.utils.io import read_json, write_json_atomic
 from cirlab.utils.threads import add_threads_argument
 
 
@@ -38,11 +41,37 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def unfinished_notice(run_dir: Path) -> str | None:
+    """One line naming the weights evaluated and their iteration, when the run did not train to the end
+    (interrupted, killed, or stopped by its time budget); None for a finished run."""
+    iters = load_config(run_dir).iters
+    weights = run_dir / WEIGHTS_FILE
+    if (run_dir / METRICS_FILE).is_file():
+        metrics = read_metrics(run_dir)
+        done = metrics["iterations"]
+        if not metrics["interrupted"] and done >= iters:
+            return None
+        why = "the run was interrupted" if metrics["interrupted"] else "the run stopped at its time budget"
+    else:
+        state = checkpoint_dir(run_dir) / "state.json"
+        meta = read_json(state, "checkpoint") if state.is_file() else {}
+        done = meta.get("iteration") if isinstance(meta, dict) else None
+        if not isinstance(done, int) or isinstance(done, bool):
+            return (f"cirlab: note: evaluating {weights} of an unknown iteration ({run_dir} has neither "
+                    f"{METRICS_FILE} nor a checkpoint)")
+        why = f"the run has not finished: no {METRICS_FILE}"
+    resume = f"; continue it with `cirlab train --out {run_dir} --resume`" if done < iters else ""
+    return f"cirlab: note: evaluating {weights} from iteration {done} of {iters} ({why}{resume})"
+
+
 def run(args: argparse.Namespace) -> int:
     options = parse_key_values(args.dataset_option, "--dataset-option")
     if args.skip_missing:
         options["skip_missing"] = True
     ctx = distributed.init_from_env(torch.device("cpu"))
+    notice = unfinished_notice(args.run_dir) if args.run_dir.is_dir() else None
+    if notice and ctx.is_main:
+        print(notice, file=sys.stderr, flush=True)
     result = evaluate_run(args.run_dir, args.split, args.data_root, progress=not args.json,
                           dataset_options=options)
     if not ctx.is_main:  # under torchrun every rank encodes a shard; rank 0 reports

@@ -1,6 +1,8 @@
 """The `cirlab` command: every module in `cirlab.cli` that defines `register(subparsers)` adds a command.
 
-User errors (CirlabError, bad flags) print one line and exit with status 2; Ctrl-C exits with 130.
+User errors (CirlabError, bad flags) and operating-system errors (a path under a file, a read-only or missing
+folder, a full disk: any OSError) print one line, `cirlab: error: ...`, and exit with status 2; Ctrl-C exits with
+130. Anything else is a bug in cirlab and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -47,11 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         apply_from_args(args)  # commands with --threads: torch's thread counts, printed once
         return int(args.handler(args) or 0)
     except CirlabError as exc:
-        print(f"cirlab: error: {exc}", file=sys.stderr)
-        return 2
+        return error_line(str(exc))
+    except OSError as exc:
+        return error_line(os_error_message(exc))
     except KeyboardInterrupt:
         print("cirlab: interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_message(exc: OSError) -> str:
+    """`<what> (<path>)` for an OSError, e.g. "Not a directory (runs/file/out)"."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{what} ({' -> '.join(paths)})" if paths else what
+
+
+def error_line(message: str) -> int:
+    """Print `cirlab: error: <message>` as exactly one line on stderr; returns the exit status 2."""
+    print(f"cirlab: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

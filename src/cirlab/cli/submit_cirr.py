@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="", help="suffix of the file names (recall_submission_<name>.json)")
     p.add_argument("--skip-missing", action="store_true", help="drop queries/gallery images that are missing")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
+    p.add_argument("--force", action="store_true", help="replace submission files of the same names in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.set_defaults(handler=run)
 
@@ -103,7 +104,20 @@ def make_submission(model: torch.nn.Module, dataset: CIRDataset, transform: Any,
     return recall, subset, s.num_queries
 
 
+def output_paths(out: Path, name: str, force: bool) -> tuple[Path, Path]:
+    """The two files to write; existing ones are refused (CirlabError) unless `force`, before any work is done."""
+    suffix = f"_{name}" if name else ""
+    paths = (out / f"recall_submission{suffix}.json", out / f"recall_subset_submission{suffix}.json")
+    if out.exists() and not out.is_dir():
+        raise CirlabError(f"--out {out} is a file, not a folder")
+    clashes = [str(p) for p in paths if p.exists()]
+    if clashes and not force:
+        raise CirlabError(f"{', '.join(clashes)} already exist; pass --force to replace them, or another --out/--name")
+    return paths
+
+
 def run(args: argparse.Namespace) -> int:
+    recall_path, subset_path = output_paths(args.out, args.name, args.force)
     model, config = load_model(args.run_dir)
     if config.dataset != "cirr":
         raise CirlabError(f"{args.run_dir} was trained on {config.dataset!r}; submit-cirr needs a CIRR run")
@@ -117,9 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if ranked < total:
         print(f"cirlab: warning: {total - ranked} of {total} {args.split} queries were dropped for missing images; "
               "the server expects every pair id", file=sys.stderr)
-    suffix = f"_{args.name}" if args.name else ""
-    texts = {args.out / f"recall_submission{suffix}.json": submission_text("recall", recall),
-             args.out / f"recall_subset_submission{suffix}.json": submission_text("recall_subset", subset)}
+    texts = {recall_path: submission_text("recall", recall), subset_path: submission_text("recall_subset", subset)}
     write_submissions(texts)
     files = [str(p) for p in texts]
     if args.json:

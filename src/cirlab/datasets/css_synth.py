@@ -16,6 +16,7 @@ image contains at least one.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,8 +27,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cirlab.datasets.css import CSS_FILE
+from cirlab.datasets.css import CSS_FILE, load_css_npy
 from cirlab.datasets.css_render import COLORS, SHAPES, SIZES, render_scene
+from cirlab.utils.errors import CirlabError
 
 ROWS: tuple[str, ...] = ("top", "middle", "bottom")
 COLUMNS: tuple[str, ...] = ("left", "center", "right")
@@ -361,31 +363,52 @@ def image_path(out_dir: str | Path, split: str, index: int) -> Path:
     return Path(out_dir) / "images" / f"css_{split}_{index:06d}.png"
 
 
-def _is_complete(npy: Path, out_dir: Path, config: CSSSynthConfig) -> bool:
-    if not npy.is_file():
-        return False
+PARTIAL_MARKER = ".cirlab_css_partial"  # present while generate_css writes a set; marks its images as ours
+
+
+def existing_set(out: Path, config: CSSSynthConfig) -> str | None:
+    """What `generate_css(out, config)` would replace: None when nothing (an empty folder, or an interrupted
+    generation of ours), "same" for a complete set of this config, else a one-line description."""
+    npy = out / CSS_FILE
+    if not npy.exists():
+        has_images = (out / "images").is_dir() and any((out / "images").glob("css_*.png"))
+        if has_images and not (out / PARTIAL_MARKER).is_file():
+            return f"{out / 'images'} holds CSS images but {out} has no {CSS_FILE}"
+        return None
     try:
-        data = np.load(npy, allow_pickle=True).item()
-    except Exception:  # a foreign or broken file: regenerate over it
-        return False
-    if data.get("generator_config") != asdict(config) or data.get("generator_version") != GENERATOR_VERSION:
-        return False
+        data = load_css_npy(out)  # restricted unpickler: a planted file runs nothing
+    except CirlabError as exc:
+        return str(exc)
+    found = data.get("generator_config")
+    if data.get("generator_version") != GENERATOR_VERSION or not isinstance(found, dict):
+        return f"{npy} is a CSS set that `cirlab data css` did not generate (e.g. the original CSS3D)"
+    if found != asdict(config):
+        changed = ", ".join(f"{k} {found.get(k)!r} -> {v!r}" for k, v in asdict(config).items() if found.get(k) != v)
+        return f"{npy} holds a generated set with other settings ({changed})"
     counts = {"train": config.train_images, "test": config.test_images}
-    return all(n == 0 or image_path(out_dir, split, n - 1).is_file() for split, n in counts.items())
+    if all(n == 0 or image_path(out, split, n - 1).is_file() for split, n in counts.items()):
+        return "same"
+    return None  # our own set with these settings, some images deleted: regenerating restores it as it was
 
 
-def generate_css(out_dir: str | Path, config: CSSSynthConfig, progress: bool = True) -> Path:
+def generate_css(out_dir: str | Path, config: CSSSynthConfig, progress: bool = True, force: bool = False) -> Path:
     """Write a synthetic CSS set (images, then the .npy) to `out_dir` and return the .npy path.
 
-    The .npy is written last and atomically, so its presence marks a complete set; when it already holds
-    this config the call returns at once. The .npy is a pickle: it is safe to load because we wrote it.
-    """
+    The .npy is written last and atomically, so its presence marks a complete set. When `out_dir` already holds a
+    complete set of this config the call returns at once (nothing is rewritten). A different set (other settings,
+    a foreign or unreadable .npy, CSS images without a .npy) is refused with CirlabError unless `force`, which
+    replaces it (and deletes its images beyond the new counts). An interrupted generation of ours is continued
+    without `force`. The existing .npy is read with the restricted unpickler, so a planted file runs nothing."""
     out = Path(out_dir)
     npy = out / CSS_FILE
-    if _is_complete(npy, out, config):
+    existing = existing_set(out, config) if out.is_dir() else None
+    if existing == "same":
         return npy
+    if existing is not None and not force:
+        raise CirlabError(f"{existing}; not replaced: pass --force to overwrite it, or choose another --out")
     data = build_css_data(config)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / PARTIAL_MARKER).write_text(json.dumps(asdict(config)) + "\n", encoding="utf-8")
     jobs = [(split, i, scene) for split in ("train", "test")
             for i, scene in enumerate(data[split]["objects_img"])]
     for split, i, scene in tqdm(jobs, desc="rendering CSS", unit="img", disable=not progress):
@@ -395,11 +418,12 @@ def generate_css(out_dir: str | Path, config: CSSSynthConfig, progress: bool = T
     tmp = out / f".{CSS_FILE}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "xb") as f:
-            np.save(f, np.array(data, dtype=object), allow_pickle=True)
+            np.save(f, np.array(data, dtype=object), allow_pickle=True)  # TIRG's format; we only write it
         os.replace(tmp, npy)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    (out / PARTIAL_MARKER).unlink(missing_ok=True)
     return npy
 
 

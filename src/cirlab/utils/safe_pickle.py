@@ -2,9 +2,10 @@
 
 `np.load(allow_pickle=True)` lets a file call any Python function while it loads. TIRG's CSS3D file is such a
 pickle (a dict inside a 0-d object array), so it is read here with an unpickler that resolves only the few
-names a NumPy array needs (`_reconstruct`, `ndarray`, `dtype`, `scalar`), each checked; every other name is
-refused before anything runs, and the result is checked to hold only plain data (dict, list, tuple, str,
-bytes, int, float, bool, None, NumPy arrays and scalars of plain dtypes).
+names a NumPy array needs (`_reconstruct`, `ndarray`, `dtype`, `scalar`, and `_codecs.encode` for bytes in
+protocol-2 pickles written by Python 3), each checked; every other name is refused before anything runs, and
+the result is checked to hold only plain data (dict, list, tuple, str, bytes, int, float, bool, None, NumPy
+arrays and scalars of plain dtypes).
 """
 
 from __future__ import annotations
@@ -52,8 +53,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CirlabError(f"refusing to load {self.path}: a NumPy scalar of dtype {dtype!r}")
         return _SCALAR(_plain_dtype(dtype, self.path), *data)
 
+    def _encode(self, text: Any, encoding: Any = "utf-8") -> bytes:
+        """Python 3 protocol-2 pickles spell bytes as `_codecs.encode(str, "latin1")`."""
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise CirlabError(f"refusing to load {self.path}: _codecs.encode({type(text).__name__}, {encoding!r})")
+        return text.encode("latin1")
+
     def find_class(self, module: str, name: str) -> Any:
-        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): self._dtype}
+        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): self._dtype,
+                   ("_codecs", "encode"): self._encode}
         if module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # NumPy 1.x and 2.x spellings
             allowed.update({(module, "_reconstruct"): self._reconstruct, (module, "scalar"): self._scalar})
         if (module, name) not in allowed:

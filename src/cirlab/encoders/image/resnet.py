@@ -105,12 +105,19 @@ class ResNetEncoder(ImageEncoder):
         path = Path(path)
         if not path.is_file():
             raise CirlabError(f"image encoder weights not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_file(str(path))
+            else:  # weights_only: tensors and plain containers only, nothing in the file is run
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a PNG, a truncated or foreign file: torch and safetensors raise many types
+            raise CirlabError(f"cannot read image encoder weights {path}: not a PyTorch state dict or .safetensors "
+                              f"file ({type(exc).__name__})") from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise CirlabError(f"image encoder weights {path} are not a state dict (names -> tensors)")
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("proj.")]
