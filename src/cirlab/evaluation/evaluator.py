@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from cirlab.datasets import CIRDataset, EvalSet
-from cirlab.evaluation.recall import first_hit_ranks, recall_from_ranks, subset_ranks
+from cirlab.evaluation.recall import first_hit_ranks, recall_from_ranks, subset_first_hit_ranks
 from cirlab.models import CompositionModel
 from cirlab.training import distributed
 
@@ -63,7 +62,12 @@ def encode_queries(model: CompositionModel, dataset: CIRDataset, images: Sequenc
 
 
 def score_eval_set(eval_set: EvalSet, query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> dict[str, float]:
-    """Recall@K for every label kind (the first is the primary 'recall@K'), plus subset recall if defined."""
+    """Recall@K for every label kind (the first is the primary 'recall@K'), plus subset recall if defined.
+
+    Both follow the tie rule of `cirlab.evaluation.recall` (score descending, then gallery position ascending).
+    The subset hit is the best-ranked candidate with the query's primary label, and `exclude` applies to subsets
+    too (CIRR: one target per query, reference never a candidate, so only exact score ties could differ from the
+    earlier list-order rule)."""
     ranks = first_hit_ranks(query_feats, gallery_feats, eval_set.query_labels, eval_set.gallery_labels,
                             eval_set.exclude)
     metrics: dict[str, float] = {}
@@ -73,12 +77,8 @@ def score_eval_set(eval_set: EvalSet, query_feats: torch.Tensor, gallery_feats: 
             metrics[f"{prefix}recall@{k}"] = value
     if eval_set.candidates is not None:
         primary = next(iter(eval_set.query_labels))
-        g_labels = np.asarray(eval_set.gallery_labels[primary])
-        q_labels = np.asarray(eval_set.query_labels[primary])
-        targets = np.array([
-            next((int(c) for c in cand if g_labels[c] == q_labels[q]), -1)
-            for q, cand in enumerate(eval_set.candidates)])
-        sub = subset_ranks(query_feats, gallery_feats, eval_set.candidates, targets)
+        sub = subset_first_hit_ranks(query_feats, gallery_feats, eval_set.candidates, eval_set.query_labels[primary],
+                                     eval_set.gallery_labels[primary], eval_set.exclude)
         for k, value in recall_from_ranks(sub, eval_set.subset_ks).items():
             metrics[f"recall_subset@{k}"] = value
     return metrics
