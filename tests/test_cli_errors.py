@@ -122,7 +122,10 @@ def new_run(env: Env, *extra: str, out: Path | None = None) -> list[str]:
 def image_weights_png(env: Env) -> list[str]:
     png = env.tmp / "weights.png"
     Image.new("RGB", (4, 4)).save(png)
-    return new_run(env, "--image-encoder", "resnet18", "--image-weights", str(png))
+    tiny = [a for a in TINY if a != "width=4"]
+    tiny.remove("--image-option")  # resnet18 takes no width
+    return ["train", "--data-root", str(env.css()), "--out", str(env.tmp / "newrun"), "--no-eval", *tiny,
+            "--image-encoder", "resnet18", "--image-weights", str(png)]
 
 
 def demo_over_user_files(env: Env) -> list[str]:
@@ -392,3 +395,29 @@ def test_eval_names_the_weights_of_an_unfinished_run(state: str, notice: str | N
     else:
         (line,) = [x for x in err.splitlines() if x.startswith("cirlab: note:")]
         assert f"evaluating {run / 'model.safetensors'} {notice}" in line
+
+
+def test_check_fields_reads_types_and_bounds_from_the_dataclass() -> None:
+    from dataclasses import dataclass as dc
+    from dataclasses import field
+
+    from cirlab.utils.errors import CirlabError
+    from cirlab.utils.fields import check_fields
+
+    @dc
+    class Example:
+        size: int = field(default=4, metadata={"min": 1})
+        rate: float = 0.1
+        names: list[str] = field(default_factory=list)
+        scale: float | None = None
+
+    assert check_fields(Example, {"size": 2, "rate": 1, "names": ["a"], "scale": None}, "x") == {
+        "size": 2, "rate": 1.0, "names": ["a"], "scale": None}
+    for data, needle in [({"size": 0}, "x.size must be at least 1, not 0"),
+                         ({"size": True}, "x.size must be an integer, not true or false (True)"),
+                         ({"names": ["a", 3]}, "x.names[1] must be a string, not an integer (3)"),
+                         ({"scale": "big"}, "x.scale must be a number or null, not a string ('big')"),
+                         ([], "x must be a JSON object, not a list ([])")]:
+        with pytest.raises(CirlabError) as info:
+            check_fields(Example, data, "x")
+        assert str(info.value) == needle

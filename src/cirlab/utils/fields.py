@@ -3,7 +3,8 @@
 `check_fields(TrainConfig, data, "train")` reads the field types from the annotations (str, int, float, bool,
 dict[K, V], list[T], tuple, X | None, Any, nested dataclasses as JSON objects), so a new field is checked without
 new code. A wrong type is one CirlabError naming the field, e.g. `train.model.embed_dim must be an integer, not
-a string ('512')`.
+a string ('512')`. A field may also carry a lower bound, `field(default=32, metadata={"min": 1})`, checked the
+same way.
 """
 
 from __future__ import annotations
@@ -86,4 +87,9 @@ def check_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise CirlabError(f"{where} has unknown fields: {unknown}")
-    return {name: check_value(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    out = {name: check_value(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    for f in dataclasses.fields(cls):
+        low = f.metadata.get("min")
+        if low is not None and f.name in out and isinstance(out[f.name], int | float) and out[f.name] < low:
+            raise CirlabError(f"{where}.{f.name} must be at least {low}, not {out[f.name]!r}")
+    return out
