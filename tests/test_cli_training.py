@@ -83,10 +83,11 @@ def test_data_train_eval_smoke(tmp_path: Path) -> None:
 def test_seed_repo_flag_spellings_are_accepted(tmp_path: Path, tiny_css: Path) -> None:
     cirlab("train", "--dataset_path", str(tiny_css), "--num_iters", "3", "--batch_size", "4", "--learning_rate",
            "0.02", "--learning_rate_decay_frequency", "2", "--comment", "seedflags", "--log_dir", str(tmp_path),
-           "--no-eval", *TINY)
+           "--no-eval", "--image-encoder", "small_cnn", *TINY)  # an explicit encoder wins over the seed's resnet18
     (run,) = [p for p in tmp_path.iterdir() if p.name.endswith("_seedflags")]
     config = json.loads((run / "config.json").read_text())["train"]
     assert (config["iters"], config["batch_size"], config["lr"], config["lr_decay_every"]) == (3, 4, 0.02, 2)
+    assert config["model"]["image_encoder"] == "small_cnn"
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, tiny_css: Path) -> None:

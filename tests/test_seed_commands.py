@@ -146,7 +146,7 @@ def test_seed_command_runs(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
     small = ["--batch-size", "2", "--image-size", "32", "--embed-dim", "32"]
     assert main([*argv, "--iters", "1", "--no-eval", *small]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("note: resnet18 starts from random weights")
+    assert out[0].startswith("note: resnet18 starts from random weights"), out[:2]
     config_line = next(line for line in out if line.startswith("configuration: "))
     printed = json.loads(config_line[len("configuration: "):])
     assert printed["iters"] == 1 and printed["model"]["image_encoder"] == "resnet18"
