@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE",
                    help="override a dataset option of the run (e.g. gallery_protocol=val-union)")
     p.add_argument("--skip-missing", action="store_true", help="drop queries whose images are missing")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast of the encoders (default fp32; fp16 on CUDA only)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     add_threads_argument(p)
     p.set_defaults(handler=run)
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if notice and ctx.is_main:
         print(notice, file=sys.stderr, flush=True)
     result = evaluate_run(args.run_dir, args.split, args.data_root, progress=not args.json,
-                          dataset_options=options)
+                          dataset_options=options, device=args.device, precision=args.precision)
     if not ctx.is_main:  # under torchrun every rank encodes a shard; rank 0 reports
         return 0
     write_json_atomic(args.run_dir / f"eval_{result['split']}.json", result)

@@ -31,7 +31,7 @@ from cirlab.utils.threads import add_threads_argument
 DEFAULTS = TrainConfig()
 #: Flags whose default is "not given" (None), so that a seed command's own defaults can fill them.
 LAYERED = ("loss", "iters", "batch_size", "lr", "lr_decay_every", "lr_decay", "weight_decay", "momentum", "seed",
-           "workers", "image_size", "optimizer", "augment", "log_every")
+           "workers", "image_size", "optimizer", "augment", "log_every", "precision", "compile")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input side length (0: dataset default)")
     p.add_argument("--pad", default="none", choices=["none", "target_pad", "square_pad"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="autocast of the forward passes (default fp32; fp16 on CUDA only, with a gradient scaler)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the image encoders and composition head (eager, with a warning, if it fails)")
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this much training time")
     p.add_argument("--feature-cache", action="store_true",
                    help="frozen encoders: encode every image and text once into the run directory, train on that")

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cirlab.evaluation.evaluator import evaluate_dataset, score_eval_sets
+from cirlab.evaluation.evaluator import evaluate_dataset, model_device, score_eval_sets
 from cirlab.models import CompositionModel
 from cirlab.training import TrainConfig, load_model, make_transform, open_dataset
 from cirlab.training.feature_cache import FeatureCache, build_feature_cache
+from cirlab.training.precision import autocast, check_precision
 from cirlab.training.trainer import EvalFn, resolve_device
 
 
@@ -22,7 +23,7 @@ def make_eval_fn(config: TrainConfig, split: str | None = None, progress: bool =
 
     def evaluate(model: CompositionModel) -> dict[str, Any]:
         transform = make_transform(config, model, train=False)
-        return evaluate_dataset(model, dataset, transform, config.eval_batch_size, progress)
+        return evaluate_dataset(model, dataset, transform, config.eval_batch_size, progress, config.precision)
 
     return evaluate
 
@@ -46,8 +47,9 @@ def make_cached_eval_fn(config: TrainConfig, run_dir: Path, split: str | None = 
         model.eval()
 
         def in_batches(count: int, fn: Any) -> torch.Tensor:
-            return torch.cat([F.normalize(fn(slice(i, i + batch_size)), dim=-1).float().cpu()
-                              for i in range(0, count, batch_size)])
+            with autocast(device, config.precision):
+                parts = [fn(slice(i, i + batch_size)) for i in range(0, count, batch_size)]
+            return torch.cat([F.normalize(p.float(), dim=-1).cpu() for p in parts])
 
         return score_eval_sets(
             dataset, sets,
@@ -61,18 +63,20 @@ def make_cached_eval_fn(config: TrainConfig, run_dir: Path, split: str | None = 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, data_root: str | None = None,
                  progress: bool = True, dataset_options: dict[str, Any] | None = None,
-                 device: str = "cpu") -> dict[str, Any]:
+                 device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
     """Load a run and evaluate it; returns {"dataset", "split", "model", "queries", "gallery", metrics...}.
 
-    `dataset_options` override the run's saved ones (e.g. another gallery protocol)."""
+    `dataset_options` override the run's saved ones (e.g. another gallery protocol); `precision` is the autocast
+    of the encoders (cirlab.training.precision), fp32 by default whatever the run trained with."""
     model, config = load_model(run_dir)
     model.to(resolve_device(device))
+    check_precision(precision, model_device(model))
     if dataset_options:
         config.dataset_options = {**config.dataset_options, **dataset_options}
     split = split or config.eval_split
     dataset = open_dataset(config, split, data_root)
     result = evaluate_dataset(model, dataset, make_transform(config, model, train=False), config.eval_batch_size,
-                              progress)
+                              progress, precision)
     return {"dataset": config.dataset, "split": split, "model": config.model.name, "queries": result["queries"],
             "gallery": result["gallery"], **result["metrics"], "protocol": result["protocol"],
             "per_set": result["per_set"]}

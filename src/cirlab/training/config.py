@@ -51,6 +51,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     feature_cache: bool = False  # frozen encoders: encode every image/text once, train on the cached features
     comment: str = ""
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16" (CUDA only): autocast of the forward passes
+    compile: bool = False  # torch.compile the image encoders and composition head (eager after a failure)
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:

@@ -29,6 +29,7 @@ from cirlab.training.checkpoint import has_checkpoint, load_checkpoint, save_che
 from cirlab.training.config import TrainConfig
 from cirlab.training.distributed import DistContext, any_rank, broadcast_buffers, init_from_env
 from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache
+from cirlab.training.precision import autocast, check_precision, compile_model, grad_scaler
 from cirlab.training.run_dir import (
     METRICS_FILE,
     check_batch_size,
@@ -39,6 +40,7 @@ from cirlab.training.run_dir import (
 )
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import write_json_atomic
+from cirlab.utils.threads import available_cores
 
 EvalFn = Callable[[CompositionModel], dict[str, Any]]
 
@@ -149,6 +151,7 @@ class Trainer:
     def setup(self, resume: bool) -> None:
         cfg = self.config
         LOSSES.get(cfg.loss)
+        check_precision(cfg.precision, self.device)
         self.ctx = init_from_env(self.device)
         if self.ctx.enabled:
             if cfg.batch_size % self.ctx.world_size:
@@ -167,14 +170,25 @@ class Trainer:
         self.model = build_model(cfg.model, texts=self.dataset.train_texts(), assets_dir=self.run_dir if resume
                                  else None).to(self.device)
         self.optimizer = make_optimizer(cfg, self.model)
+        self.scaler = grad_scaler(self.device, cfg.precision)
         self.start_iter, self.history, self.elapsed = 0, [], 0.0
         if resume and has_checkpoint(self.run_dir):
             meta = load_checkpoint(self.run_dir, self.model, self.optimizer)
             self.start_iter, self.history = int(meta["iteration"]), list(meta.get("history", []))
             self.elapsed = float(meta.get("elapsed_s", 0.0))
+            if self.scaler.is_enabled() and isinstance(meta.get("grad_scaler"), dict):
+                self.scaler.load_state_dict(meta["grad_scaler"])
         elif self.ctx.is_main:
             save_config(self.run_dir, cfg)
             self.model.text_encoder.save_assets(self.run_dir)
+
+    def loader_workers(self) -> int:
+        """DataLoader worker processes: `workers` when set; on CUDA with image batches otherwise up to 4 (one core
+        left to the training process), so that decoding images does not starve the GPU; on the CPU 0 (batches are
+        made in the training process, never competing with its compute threads)."""
+        if self.config.workers or self.device.type != "cuda" or isinstance(self.batches, CachedPairBatches):
+            return self.config.workers
+        return max(0, min(4, available_cores() - 1))
 
     def checkpoint(self, iteration: int) -> None:
         if not self.ctx.is_main:
@@ -182,7 +196,8 @@ class Trainer:
         if isinstance(self.batches, CachedPairBatches):
             self.batches.cache.flush()  # texts encoded on demand since the last shard
         save_checkpoint(self.run_dir, self.model, self.optimizer, iteration,
-                        {"history": self.history, "elapsed_s": self.elapsed})
+                        {"history": self.history, "elapsed_s": self.elapsed,
+                         **({"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {})})
         save_model(self.run_dir, self.model)
 
     def run_eval(self, iteration: int, writer: Any) -> dict[str, Any] | None:
@@ -215,12 +230,15 @@ class Trainer:
             batches = PairBatches(self.dataset, make_transform(cfg, self.model, train=True), cfg.batch_size, cfg.seed,
                                   self.ctx.rank, self.ctx.world_size)
         self.batches = batches
+        if cfg.compile:
+            compile_model(self.model)
         step: nn.Module = TrainStep(self.model, batches, loss_fn, self.device)
         if self.ctx.enabled:
             step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                            static_graph=True)  # the same parameters are used every step
         loader = DataLoader(batches, batch_size=None, sampler=range(self.start_iter, cfg.iters),
-                            num_workers=cfg.workers, persistent_workers=False,
+                            num_workers=self.loader_workers(), pin_memory=self.device.type == "cuda",
+                            persistent_workers=False,
                             generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
         main = self.ctx.is_main
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_iter or None) if main else _NoWriter()
@@ -237,15 +255,18 @@ class Trainer:
                 lr = learning_rate(cfg, iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_mult", 1.0)
-                terms = step(batch)
-                loss = self.model.total_loss(terms)
+                with autocast(self.device, cfg.precision):
+                    terms = step(batch)
+                    loss = self.model.total_loss(terms)
                 if not torch.isfinite(loss):
                     raise CirlabError(f"loss became {loss.item()} at iteration {iteration}; lower --lr")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.scaler.scale(loss).backward()  # the scaler passes through unless fp16 on CUDA
                 if cfg.grad_clip > 0:
+                    self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 iteration += 1
                 self.elapsed = time.perf_counter() - started
                 bar.update(1)

@@ -1,0 +1,88 @@
+"""Mixed precision and torch.compile, for training and evaluation on a GPU (the CPU defaults stay fp32, eager).
+
+* `precision`: "fp32" (default: no autocast), "bf16" (autocast to bfloat16, on CUDA or, as an opt-in, on the CPU)
+  or "fp16" (autocast to float16 with a gradient scaler; CUDA only, where the scaler guards small gradients).
+  Parameters and optimiser state stay float32 in every case; only the forward computations are cast.
+* `compile`: `torch.compile` of the image side and the composition head (every image encoder's forward, the
+  model's `compose_features` and `target_features`) - the tensor-only path; text encoders take strings and stay
+  eager. Compilation happens on the first call; when it fails there (no C++ compiler, an unsupported operation)
+  one warning line is printed and that function runs eager from then on. A failure that shows only when the
+  backward pass is first compiled is not caught.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from cirlab.utils.errors import CirlabError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """A CirlabError naming the problem for an unknown precision, or fp16 off CUDA."""
+    if precision not in PRECISIONS:
+        raise CirlabError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise CirlabError(f"precision fp16 needs CUDA (device here: {device}); use bf16 on the CPU")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of `precision` on `device` (nothing for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only for fp16 on CUDA (elsewhere its calls pass straight through)."""
+    return torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
+
+
+class CompiledOrEager:
+    """Calls `torch.compile(fn)`; if that raises on the first call, warns once and calls `fn` from then on."""
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.eager, self.name, self.proven = fn, name, False
+        self.compiled: Callable[..., Any] | None = None
+        try:
+            self.compiled = torch.compile(fn)
+        except Exception as exc:  # noqa: BLE001 - e.g. a Python version torch.compile does not support
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"warning: torch.compile of {self.name} failed ({type(exc).__name__}: {first}); running it eager",
+              file=sys.stderr, flush=True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            if self.proven:
+                return self.compiled(*args, **kwargs)
+            try:
+                out = self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eager (a real error recurs there)
+                self._warn(exc)
+                self.compiled = None
+            else:
+                self.proven = True
+                return out
+        return self.eager(*args, **kwargs)
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """Compile `model`'s image encoders and composition head in place (see the module docstring); returns it.
+
+    Only bound methods are replaced, so parameters, state_dict names and checkpoints are unchanged."""
+    for i, encoder in enumerate(model.image_encoders()):
+        encoder.forward = CompiledOrEager(encoder.forward, f"image encoder {i}")
+    model.compose_features = CompiledOrEager(model.compose_features, "compose_features")
+    model.target_features = CompiledOrEager(model.target_features, "target_features")
+    return model
