@@ -13,7 +13,7 @@ from _index_helpers import make_image_dir, make_tiny_run
 from cirlab.cli.main import main
 from cirlab.index import GalleryIndex, Query, Retriever, build_index, choose_kind, make_searcher
 from cirlab.index import store as store_module
-from cirlab.index.gallery import source_from_dataset, source_from_directory
+from cirlab.index.gallery import GalleryItem, source_from_dataset, source_from_directory
 from cirlab.training import load_run, open_dataset
 from cirlab.utils.errors import CirlabError
 
@@ -222,3 +222,165 @@ def test_query_checks_that_the_run_still_holds_the_indexed_weights(tiny_run: Pat
     with pytest.raises(CirlabError, match="other weights"):
         Retriever.open(tmp_path / "index", other)
     assert torch.is_tensor(Retriever.open(tmp_path / "index").run.model.norm_scale)
+
+
+# --- hardening: damaged indexes are refused on open, crash leftovers are cleaned, ties are broken one way ---
+
+
+def small_index(tiny_run: Path, directory: Path, count: int = 4) -> Path:
+    run = load_run(tiny_run)
+    build_index(run, source_from_directory(make_image_dir(directory.parent / "imgs", count)), directory,
+                progress=False)
+    return directory
+
+
+@pytest.mark.parametrize(("row_value", "message"), [
+    (np.nan, "vectors.npy row 2 is not finite"),
+    (np.inf, "vectors.npy row 2 is not finite"),
+    (0.5, "vectors.npy row 2 has norm"),
+])
+def test_a_damaged_vector_row_is_refused_naming_the_file_and_row(tiny_run: Path, tmp_path: Path, row_value: float,
+                                                                  message: str) -> None:
+    index_dir = small_index(tiny_run, tmp_path / "index")
+    vectors = np.load(index_dir / "vectors.npy")
+    vectors[2] = vectors[2] * row_value if np.isfinite(row_value) else row_value
+    np.save(index_dir / "vectors.npy", vectors)
+    with pytest.raises(CirlabError, match=message) as info:
+        GalleryIndex.open(index_dir)
+    assert "\n" not in str(info.value)
+
+
+def test_the_query_command_refuses_a_nan_row_instead_of_ranking_it_first(tiny_run: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    index_dir = small_index(tiny_run, tmp_path / "index")
+    vectors = np.load(index_dir / "vectors.npy")
+    vectors[1] = np.nan
+    np.save(index_dir / "vectors.npy", vectors)
+    line = cli_error(["query", str(index_dir), "--id", "img_001", "--text", "add red cube"], capsys)
+    assert "vectors.npy row 1 is not finite" in line
+
+
+def _edit_meta(index_dir: Path, edit) -> None:  # noqa: ANN001
+    meta = json.loads((index_dir / "index.json").read_text())
+    edit(meta)
+    (index_dir / "index.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.update(dim="abc"), "field 'dim'"),
+    (lambda m: m.update(dim=True), "field 'dim'"),
+    (lambda m: m.update(dim=-3), "field 'dim'"),
+    (lambda m: m.pop("run"), "field 'run'"),
+    (lambda m: m.update(run="runs/x"), "field 'run'"),
+    (lambda m: m["run"].pop("weights_sha256"), "field 'run.weights_sha256'"),
+    (lambda m: m["run"].update(dir=7), "field 'run.dir'"),
+    (lambda m: m.update(count="4"), "field 'count'"),
+    (lambda m: m.update(count=5), "field 'count'"),
+    (lambda m: m.update(kind=3), "field 'kind'"),
+    (lambda m: m.update(params=[1, 2]), "field 'params'"),
+    (lambda m: m.update(params={"nprobe": [1]}), "field 'params.nprobe'"),
+    (lambda m: m.update(version="1"), "field 'version'"),
+    (lambda m: m.update(requested_kind=None), "field 'requested_kind'"),
+    (lambda m: m.update(sources="x"), "field 'sources'"),
+    (lambda m: m.update(created=12), "field 'created'"),
+])
+def test_every_index_json_field_is_type_checked(tiny_run: Path, tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+    index_dir = small_index(tiny_run, tmp_path / "index")
+    _edit_meta(index_dir, edit)
+    with pytest.raises(CirlabError, match=message) as info:
+        GalleryIndex.open(index_dir)
+    assert "index.json" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    ([["img_000", 1]], "entry 0"),
+    ([["../x", "/tmp/x.png"]], "entry 0"),
+    ([["a", "/tmp/a.png"], ["a", "/tmp/b.png"]], "entry 1: duplicate id 'a'"),
+    ({"a": "b"}, "expected a list"),
+])
+def test_items_json_is_validated(tiny_run: Path, tmp_path: Path, items: object, message: str) -> None:
+    index_dir = small_index(tiny_run, tmp_path / "index")
+    (index_dir / "items.json").write_text(json.dumps(items))
+    with pytest.raises(CirlabError, match=message):
+        GalleryIndex.open(index_dir)
+
+
+@pytest.mark.parametrize("command", ["query", "serve"])
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda d: (d / "vectors.npy").write_bytes(b""), "vectors.npy"),
+    (lambda d: _edit_meta(d, lambda m: m.update(dim="abc")), "field 'dim'"),
+    (lambda d: _edit_meta(d, lambda m: m.pop("run")), "field 'run'"),
+])
+def test_query_and_serve_report_a_damaged_index_in_one_line(tiny_run: Path, tmp_path: Path, command: str, damage,  # noqa: ANN001
+                                                            message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    index_dir = small_index(tiny_run, tmp_path / "index")
+    damage(index_dir)
+    args = [command, str(index_dir)]
+    if command == "query":
+        args += ["--id", "img_001", "--text", "add red cube"]
+    else:
+        args += ["--port", "1"]  # never reached: the index is checked before anything is bound
+    line = cli_error(args, capsys)
+    assert message in line
+
+
+def test_a_killed_add_leaves_a_temporary_that_the_next_run_removes(tiny_run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    images = make_image_dir(tmp_path / "imgs", 4)
+    index_dir = tmp_path / "idx_add"
+    build_index(load_run(tiny_run), source_from_directory(images), index_dir, progress=False)
+    make_image_dir(images, 2, start=4)
+    script = ("import os, signal, sys\n"
+              "from cirlab.index import store\n"
+              "from cirlab.index.gallery import source_from_directory\n"
+              "from cirlab.training import load_run\n"
+              "store.encode_into = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "store.build_index(load_run(sys.argv[1]), source_from_directory(sys.argv[2]), sys.argv[3], add=True,"
+              " progress=False)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_run), str(images), str(index_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx_add.tmp-")]
+    assert len(leftovers) == 1  # what a kill leaves behind
+    # the user's own files that merely look alike, and a temporary of a process that is still running, stay
+    (tmp_path / ".idx_add.tmp-notes").write_text("mine")
+    (tmp_path / ".idx_add.tmp-1-deadbeef").mkdir()
+    (tmp_path / ".idx_add.tmp-1-deadbeef" / "thesis.tex").write_text("mine")
+    summary = build_index(load_run(tiny_run), source_from_directory(images), index_dir, add=True, progress=False)
+    assert summary.added == 2 and [p.name for p in summary.removed_stale] == leftovers
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".idx_add.tmp-1-deadbeef", ".idx_add.tmp-notes", "idx_add", "imgs"]
+    assert (tmp_path / ".idx_add.tmp-1-deadbeef" / "thesis.tex").read_text() == "mine"
+
+
+def test_tied_scores_rank_the_same_item_first_for_any_k() -> None:
+    gallery = np.zeros((300, 32), dtype=np.float32)
+    gallery[:, 0] = 1.0
+    gallery[250:, :2] = [0.6, 0.8]  # a lower-scoring block after the ties
+    searcher = make_searcher("exact", 32)
+    searcher.build(gallery)
+    query = gallery[:1].copy()
+    first = {k: searcher.search(query, k)[1][0] for k in (1, 10, 100, 260)}
+    assert {int(p[0]) for p in first.values()} == {0}
+    np.testing.assert_array_equal(first[100], np.arange(100))  # score descending, then gallery position ascending
+    np.testing.assert_array_equal(first[260], np.r_[np.arange(250), np.arange(250, 260)])
+
+
+def test_faiss_results_are_ordered_by_score_then_position_and_do_not_depend_on_the_batch() -> None:
+    base = clustered(1500)
+    gallery = np.concatenate([base, np.repeat(base[:1], 5, axis=0)])  # 5 exact copies of row 0 at the end
+    queries = np.concatenate([base[:1], clustered(7, seed=3)])
+    for kind, params in (("ivfpq", {"nlist": 16, "pq_m": 16, "rerank": 30}), ("hnsw", {"m": 8})):
+        searcher = make_searcher(kind, 32, params)
+        searcher.build(gallery)
+        scores, positions = searcher.search(queries[:1], 6)
+        assert positions[0].tolist() == [0, 1500, 1501, 1502, 1503, 1504], kind
+        assert searcher.search(queries[:1], 1)[1][0, 0] == 0
+        items = [GalleryItem(f"g{i}", f"/g{i}.png") for i in range(len(gallery))]
+        index = GalleryIndex(Path("."), {"kind": kind}, items, gallery, searcher)
+        together = index.search(queries, [1, 40, 3, 3, 40, 1, 2, 3], [None, 4, None, None, None, None, 9, None])
+        for q, (k, skip) in enumerate(zip([1, 40, 3, 3, 40, 1, 2, 3], [None, 4, None, None, None, None, 9, None],
+                                          strict=True)):
+            assert together[q] == index.search(queries[q:q + 1], k, [skip])[0], (kind, q)

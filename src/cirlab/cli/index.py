@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cirlab.cli._options import parse_key_values, print_json_line
@@ -42,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     summary = build_index(loaded, source, args.out, kind=args.kind, params=params, add=args.add,
                           batch_size=args.batch_size, progress=not args.json)
     result = {"index": str(summary.directory), "count": summary.count, "added": summary.added,
-              "already_indexed": summary.skipped, "kind": summary.kind, "seconds": round(summary.seconds, 2)}
+              "already_indexed": summary.skipped, "kind": summary.kind, "seconds": round(summary.seconds, 2),
+              "removed_stale": [str(p) for p in summary.removed_stale]}
+    for path in summary.removed_stale:
+        print(f"removed {path}, left behind by an interrupted earlier run", file=sys.stderr)
     if args.json:
         print_json_line(result)
     else:

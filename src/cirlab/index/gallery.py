@@ -33,7 +33,7 @@ class GalleryItem:
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(ID_PATTERN.match(value))
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
 
 
 def slug(text: str) -> str:
