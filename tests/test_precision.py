@@ -83,7 +83,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch: pytes
         for _ in range(2):
             torch.testing.assert_close(model.compose(images, ["make it red", "add a cube"]), expected)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2  # one per compiled function that was called (image encoder, compose_features)
+    assert len(lines) == 2  # one per compiled function that was called (encode_image, compose_features)
     assert all(line.startswith("warning: torch.compile of ") and "no C++ compiler)" in line for line in lines)
     assert set(model.state_dict()) == set(build_model(tiny_model_config(), texts=["a"]).state_dict())
 
@@ -102,7 +102,7 @@ def test_compiled_functions_are_used_when_compiling_works(monkeypatch: pytest.Mo
     with torch.no_grad():
         model.compose(torch.rand(2, 3, 16, 16), ["a", "a"])
         model.embed_target(torch.rand(2, 3, 16, 16))
-    assert calls == ["forward", "compose_features", "forward", "target_features"]
+    assert calls == ["encode_image", "compose_features", "encode_image", "target_features"]
 
 
 def test_data_loader_workers_only_change_on_cuda(tiny_css: Path, tmp_path: Path,

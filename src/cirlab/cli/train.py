@@ -92,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
                    help="autocast of the forward passes (default fp32; fp16 on CUDA only, with a gradient scaler)")
     p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the image encoders and composition head (eager, with a warning, if it fails)")
+                   help="torch.compile the image path and composition head (eager, with a warning, if it fails)")
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this much training time")
     p.add_argument("--feature-cache", action="store_true",
                    help="frozen encoders: encode every image and text once into the run directory, train on that")

@@ -52,7 +52,7 @@ class TrainConfig:
     feature_cache: bool = False  # frozen encoders: encode every image/text once, train on the cached features
     comment: str = ""
     precision: str = "fp32"  # "fp32", "bf16" or "fp16" (CUDA only): autocast of the forward passes
-    compile: bool = False  # torch.compile the image encoders and composition head (eager after a failure)
+    compile: bool = False  # torch.compile the image path and composition head (eager after a failure)
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:

@@ -3,9 +3,8 @@
 * `precision`: "fp32" (default: no autocast), "bf16" (autocast to bfloat16, on CUDA or, as an opt-in, on the CPU)
   or "fp16" (autocast to float16 with a gradient scaler; CUDA only, where the scaler guards small gradients).
   Parameters and optimiser state stay float32 in every case; only the forward computations are cast.
-* `compile`: `torch.compile` of the image side and the composition head (every image encoder's forward, the
-  model's `compose_features` and `target_features`) - the tensor-only path; text encoders take strings and stay
-  eager. Compilation happens on the first call; when it fails there (no C++ compiler, an unsupported operation)
+* `compile`: `torch.compile` of the image side and the composition head (the model's `encode_image`,
+  `compose_features` and `target_features`) - the tensor-only path; text encoders take strings and stay eager. Compilation happens on the first call; when it fails there (no C++ compiler, an unsupported operation)
   one warning line is printed and that function runs eager from then on. A failure that shows only when the
   backward pass is first compiled is not caught.
 """
@@ -78,11 +77,10 @@ class CompiledOrEager:
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """Compile `model`'s image encoders and composition head in place (see the module docstring); returns it.
+    """Compile `model`'s image path and composition head in place (see the module docstring); returns it.
 
     Only bound methods are replaced, so parameters, state_dict names and checkpoints are unchanged."""
-    for i, encoder in enumerate(model.image_encoders()):
-        encoder.forward = CompiledOrEager(encoder.forward, f"image encoder {i}")
+    model.encode_image = CompiledOrEager(model.encode_image, "encode_image")
     model.compose_features = CompiledOrEager(model.compose_features, "compose_features")
     model.target_features = CompiledOrEager(model.target_features, "target_features")
     return model
