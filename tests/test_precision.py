@@ -67,7 +67,7 @@ def test_bf16_evaluation_is_close_to_fp32(tiny_css: Path) -> None:
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    def broken_compile(fn):
+    def broken_compile(fn, backend="inductor"):
         def call(*args, **kwargs):
             raise RuntimeError("no C++ compiler\nsecond line")
         return call
@@ -91,7 +91,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch: pytes
 def test_compiled_functions_are_used_when_compiling_works(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def counting_compile(fn):
+    def counting_compile(fn, backend="inductor"):
         def call(*args, **kwargs):
             calls.append(fn.__name__)
             return fn(*args, **kwargs)

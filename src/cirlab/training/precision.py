@@ -4,9 +4,10 @@
   or "fp16" (autocast to float16 with a gradient scaler; CUDA only, where the scaler guards small gradients).
   Parameters and optimiser state stay float32 in every case; only the forward computations are cast.
 * `compile`: `torch.compile` of the image side and the composition head (the model's `encode_image`,
-  `compose_features` and `target_features`) - the tensor-only path; text encoders take strings and stay eager. Compilation happens on the first call; when it fails there (no C++ compiler, an unsupported operation)
-  one warning line is printed and that function runs eager from then on. A failure that shows only when the
-  backward pass is first compiled is not caught.
+  `compose_features` and `target_features`) - the tensor-only path; text encoders take strings and stay eager.
+  Compilation happens on the first call; when it fails there (no C++ compiler, an unsupported operation) one
+  warning line is printed and that function runs eager from then on. A failure that shows only when the backward
+  pass is first compiled is not caught.
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 class CompiledOrEager:
     """Calls `torch.compile(fn)`; if that raises on the first call, warns once and calls `fn` from then on."""
 
-    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str, backend: str = "inductor") -> None:
         self.eager, self.name, self.proven = fn, name, False
         self.compiled: Callable[..., Any] | None = None
         try:
-            self.compiled = torch.compile(fn)
+            self.compiled = torch.compile(fn, backend=backend)
         except Exception as exc:  # noqa: BLE001 - e.g. a Python version torch.compile does not support
             self._warn(exc)
 
@@ -76,11 +77,11 @@ class CompiledOrEager:
         return self.eager(*args, **kwargs)
 
 
-def compile_model(model: nn.Module) -> nn.Module:
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
     """Compile `model`'s image path and composition head in place (see the module docstring); returns it.
 
-    Only bound methods are replaced, so parameters, state_dict names and checkpoints are unchanged."""
-    model.encode_image = CompiledOrEager(model.encode_image, "encode_image")
-    model.compose_features = CompiledOrEager(model.compose_features, "compose_features")
-    model.target_features = CompiledOrEager(model.target_features, "target_features")
+    Only bound methods are replaced, so parameters, state_dict names and checkpoints are unchanged. `backend`
+    is torch.compile's (bench/bench_gpu.py's CPU smoke test uses "eager": tracing only, no code generation)."""
+    for name in ("encode_image", "compose_features", "target_features"):
+        setattr(model, name, CompiledOrEager(getattr(model, name), name, backend))
     return model
