@@ -15,9 +15,9 @@ from pathlib import Path
 
 from cirlab.datasets.css import CSS_FILE
 from cirlab.evaluation import evaluate_run
-from cirlab.models import ModelConfig
 from cirlab.training import TrainConfig, Trainer, load_run, open_dataset
 from cirlab.training.checkpoint import has_checkpoint
+from cirlab.training.recipes import recipe
 from cirlab.training.run_dir import read_metrics
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import write_json_atomic
@@ -47,10 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def demo_config(data_root: Path, args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        dataset="css", data_root=str(data_root), model=ModelConfig(name=args.model, image_encoder="small_cnn"),
-        loss="soft_triplet", iters=args.iters, batch_size=32, lr=0.01, lr_decay_every=int(args.iters * 0.75),
-        seed=args.seed, checkpoint_every=250, minutes=args.minutes, device="cpu")
+    """The `demo` recipe with this run's data, length (lr x0.1 after 75% of it), seed, budget and model."""
+    return recipe("demo", data_root=str(data_root), iters=args.iters, lr_decay_every=int(args.iters * 0.75),
+                  seed=args.seed, minutes=args.minutes, model={"name": args.model})
 
 
 def claim_out_dir(out: Path, force: bool) -> None:
