@@ -2,29 +2,37 @@
 
 The model and the index are loaded once (a `Retriever`); every search runs on one worker thread that batches
 the queries waiting for it (`SearchBatcher`), and image decoding runs in the thread pool, so the event loop
-never blocks. Untrusted input is bounded everywhere: request bytes, image pixels, text length, k, and ids,
-which are looked up in the index and never turned into paths. Every error is a JSON body `{"error": "..."}`.
-(No `from __future__ import annotations` here: FastAPI reads the route annotations, which use the app's limits.)
+never blocks. Untrusted input is bounded everywhere: request bytes and read time, the Host and Origin headers,
+image pixels and concurrent decodes, text length, k, and ids, which are looked up in the index and never
+turned into paths. Every error is a JSON body `{"error": "..."}` (documented in the OpenAPI document); server
+paths only ever go to the server log. (No `from __future__ import annotations` here: FastAPI reads the route
+annotations, which use the app's limits.)
 """
 
 import asyncio
 import io
+import ipaddress
+import logging
 import mimetypes
+import os
 import queue
+import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,6 +40,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cirlab import __version__
 from cirlab.index import Hit, Retriever, is_valid_id
 from cirlab.index import Query as SearchQuery
+from cirlab.index.gallery import ID_PATTERN
+from cirlab.index.store import index_stamp
+from cirlab.utils.errors import CirlabError
+
+log = logging.getLogger("cirlab.serving")
 
 STATIC_DIR = Path(str(resources.files("cirlab.serving") / "static"))
 #: Decoders an upload may use: the common web formats only (a smaller attack surface than all of PIL's).
@@ -43,6 +56,18 @@ SECURITY_HEADERS = {
     "content-security-policy": ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
                                 "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
 }
+#: What `text` may not consist of only. ASCII whitespace, spelt out, so that the OpenAPI pattern (ECMA and
+#: Rust regex engines) and the handler (`str.strip`) agree on every character.
+TEXT_SPACE = " \t\n\r\f\v"
+TEXT_PATTERN = r"[^ \t\n\r\f\v]"
+#: The fields of POST /api/search; each may be sent once.
+SEARCH_FIELDS = ("text", "k", "id", "image")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+EXIF_ORIENTATION = 0x0112
+#: EXIF orientation -> the transpose that shows the picture upright (values 5-8 swap width and height).
+ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                         4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                         6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
 @dataclass(frozen=True)
@@ -50,25 +75,119 @@ class Limits:
     """Bounds on untrusted input; `/api/health` reports them so a client can check before sending."""
 
     max_upload_bytes: int = 8 * 2**20
-    max_pixels: int = 4096 * 4096
+    #: Pixels an upload may decode to: its declared size, or for a JPEG the size at the 1/2, 1/4 or 1/8
+    #: decoding scale that still covers the model's input. The models look at 224 x 224 (CSS runs: 64 x 64),
+    #: so 2048 x 2048 (4.2 MP) is ample for a picture and bounds one decode to about 16 MB.
+    max_pixels: int = 2048 * 2048
     max_text_chars: int = 300
     max_k: int = 100
     max_batch: int = 32
+    #: Uploads decoded at the same time; another waits up to `decode_wait_s`, then gets 503.
+    max_decodes: int = 2
+    decode_wait_s: float = 2.0
+    #: Seconds a client may take to send its request head, and to send each next piece of its body.
+    read_timeout_s: float = 10.0
     thumb_side: int = 160
     gallery_page: int = 200
 
 
-class SearchBatcher:
-    """One worker thread runs the model; queries that arrive while it is busy are searched as one batch."""
+class ErrorBody(BaseModel):
+    """The body of every error response."""
 
-    def __init__(self, retriever: Retriever, max_batch: int) -> None:
+    error: str = Field(description="one line naming the field or the problem")
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request: a bad Host header, a form field sent twice, an upload that is not a usable image",
+    403: "A state-changing request from a page of another site (Origin or Sec-Fetch-Site)",
+    404: "No gallery image has this id, or its file cannot be read on the server",
+    408: "The request body stalled for longer than the read timeout",
+    413: "Request body, upload bytes or image pixels over the limits in /api/health",
+    422: "A field is missing, empty or out of range",
+    503: "Every upload decoder is busy: retry after the Retry-After header's seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all with the `ErrorBody` schema."""
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+class RepeatedLogFilter(logging.Filter):
+    """Lets through the first `burst` records of each message per `window_s` seconds; the first one after a
+    window in which some were dropped says how many, so a flood of bad requests is a few lines, not thousands.
+    """
+
+    def __init__(self, burst: int = 5, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        self.clock = clock
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            start, count, dropped = self._seen.pop(key, (now, 0, 0))
+            if now - start >= self.window_s:
+                if dropped:
+                    record.msg = f"{record.msg} ({int(dropped)} more like it in the last {now - start:.0f} s " \
+                                 f"were not logged)"
+                start, count, dropped = now, 0, 0
+            passes = count < self.burst
+            self._seen[key] = [start, count + passes, dropped + (not passes)]
+            while len(self._seen) > 1000:
+                self._seen.popitem(last=False)
+        return passes
+
+
+class DecodeSlots:
+    """At most `count` upload decodes at a time; a caller waits up to `wait_s` for a slot. (Polling a thread
+    semaphore: it works from any event loop and never blocks one.)"""
+
+    def __init__(self, count: int, wait_s: float) -> None:
+        self._free = threading.BoundedSemaphore(count)
+        self.wait_s = wait_s
+
+    async def acquire(self) -> bool:
+        deadline = time.monotonic() + self.wait_s
+        while not self._free.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def release(self) -> None:
+        self._free.release()
+
+
+class SearchBatcher:
+    """One worker thread runs the model; queries that arrive while it is busy are searched as one batch.
+
+    Each query keeps its own k (the index searches it as if alone), a request whose client left is skipped,
+    and between batches (at most every `reload_check_s` seconds; None: never) the worker re-opens the index if
+    `cirlab index` rewrote its directory.
+    """
+
+    def __init__(self, retriever: Retriever, max_batch: int, reload_check_s: float | None = 2.0) -> None:
         self.retriever = retriever
         self.max_batch = max_batch
+        self.reload_check_s = reload_check_s
         self._queue: queue.Queue[tuple[SearchQuery, int, Future]] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="cirlab-search", daemon=True)
-        self._thread.start()
         self.batches = 0
         self.queries = 0
+        self.reloads = 0
+        self._next_check = 0.0
+        self._refused_stamp: tuple[int, ...] | None = None
+        self._thread = threading.Thread(target=self._work, name="cirlab-search", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Queries waiting for the worker."""
+        return self._queue.qsize()
 
     async def search(self, query: SearchQuery, k: int) -> list[Hit]:
         future: Future = Future()
@@ -76,51 +195,154 @@ class SearchBatcher:
         return await asyncio.wrap_future(future)
 
     def _work(self) -> None:
+        idle_wake = self.reload_check_s or None
         while True:
-            jobs = [self._queue.get()]
+            try:
+                jobs = [self._queue.get(timeout=idle_wake)]
+            except queue.Empty:
+                self._maybe_reload()
+                continue
             while len(jobs) < self.max_batch:
                 try:
                     jobs.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            self._maybe_reload()
+            jobs = [job for job in jobs if job[2].set_running_or_notify_cancel()]  # drop requests whose client left
+            if not jobs:
+                continue
             try:
-                ranked = self.retriever.search([q for q, _, _ in jobs], max(k for _, k, _ in jobs))
+                ranked = self.retriever.search([q for q, _, _ in jobs], [k for _, k, _ in jobs])
             except Exception as exc:  # a model failure fails this batch, not the worker
                 for _, _, future in jobs:
                     future.set_exception(exc)
                 continue
             self.batches += 1
             self.queries += len(jobs)
-            for (_, k, future), hits in zip(jobs, ranked, strict=True):
-                future.set_result(hits[:k])
+            for (_, _, future), hits in zip(jobs, ranked, strict=True):
+                future.set_result(hits)
+
+    def _maybe_reload(self) -> None:
+        if self.reload_check_s is None or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + self.reload_check_s
+        directory = self.retriever.index.directory
+        stamp = index_stamp(directory)
+        if stamp is None or stamp == self._refused_stamp:
+            return
+        try:
+            if self.retriever.refresh():
+                self.reloads += 1
+                log.warning("index %s changed on disk: now serving %d images", directory, len(self.retriever.index))
+        except CirlabError as exc:
+            self._refused_stamp = stamp
+            log.warning("index %s changed on disk but was not reloaded (still serving the previous one): %s",
+                        directory, exc)
+        except Exception:  # never let a reload attempt stop the worker
+            self._refused_stamp = stamp
+            log.exception("reloading index %s failed", directory)
+
+
+_HOST = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?))"
+                   r"(?::(?P<port>[0-9]{1,5}))?")
+
+
+def parse_host(value: str) -> tuple[str, int | None] | None:
+    """A Host header as (lower-case host, port or None), or None unless it is exactly one host name, IPv4
+    address or bracketed IPv6 address with an optional port ('localhost:8000@evil', 'a, b' are None)."""
+    match = _HOST.fullmatch(value)
+    if not match:
+        return None
+    if match["ip6"] is not None:
+        try:
+            host = str(ipaddress.IPv6Address(match["ip6"]))
+        except ValueError:
+            return None
+    else:
+        host = match["name"].lower()
+    port = int(match["port"]) if match["port"] is not None else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return host, port
+
+
+def normalize_host_name(value: str) -> str | None:
+    """An allowed-host entry ('Example.org', '::1', '[::1]') as `parse_host` reports it, or None if invalid."""
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except ValueError:
+        parsed = parse_host(value)
+        return parsed[0] if parsed is not None and parsed[1] is None else None
+
+
+def _origin(value: str) -> tuple[str, str, int] | None:
+    """An Origin header as (scheme, host, port), or None ('null', anything but http(s)://host[:port])."""
+    match = re.fullmatch(r"(?P<scheme>[A-Za-z]+)://(?P<rest>[^/?#]+)", value)
+    if not match or match["scheme"].lower() not in ("http", "https"):
+        return None
+    scheme = match["scheme"].lower()
+    parsed = parse_host(match["rest"])
+    if parsed is None:
+        return None
+    return scheme, parsed[0], parsed[1] or (443 if scheme == "https" else 80)
 
 
 class GuardMiddleware:
-    """Rejects requests for other hosts (DNS rebinding) and bodies over `max_body` bytes, with JSON errors."""
+    """Answers with a JSON error before the app sees a request: a malformed or foreign Host (DNS rebinding),
+    a state-changing request from another site, a body over `max_body` bytes or one that stalls for
+    `read_timeout_s`; adds the security headers to every response."""
 
-    def __init__(self, app: ASGIApp, max_body: int, allowed_hosts: set[str] | None) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, allowed_hosts: set[str] | None, read_timeout_s: float) -> None:
         self.app = app
         self.max_body = max_body
-        self.allowed_hosts = allowed_hosts
+        self.allowed_hosts = None if allowed_hosts is None else {normalize_host_name(h) or h for h in allowed_hosts}
+        self.read_timeout_s = read_timeout_s
+
+    def _host_problem(self, values: list[str]) -> tuple[str | None, tuple[str, int | None] | None]:
+        if len(values) > 1:
+            return "the request has more than one Host header", None
+        if not values:
+            return (None if self.allowed_hosts is None else "the request has no Host header"), None
+        host = parse_host(values[0])
+        if host is None:
+            return "the Host header is not one host name with an optional port", None
+        if self.allowed_hosts is not None and host[0] not in self.allowed_hosts:
+            return "the Host header names a host this server does not answer for", None
+        return None, host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.allowed_hosts is not None and _hostname(headers.get("host", "")) not in self.allowed_hosts:
-            await _send_json(send, 400, "the Host header names a host this server does not answer for")
+        hosts = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"host"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        problem, host = self._host_problem(hosts)
+        if problem is not None:
+            await _send_json(send, 400, problem)
             return
+        if scope["method"] not in SAFE_METHODS:
+            refusal = _cross_site(headers, scope.get("scheme", "http"), host)
+            if refusal is not None:
+                await _send_json(send, 403, refusal)
+                return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             await _send_json(send, 413, f"request body of {length} bytes is over the limit of {self.max_body}")
             return
         seen = 0
+        body_done = False
 
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal seen, body_done
+            if body_done:  # later receives only wait for a disconnect while the response is sent
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except TimeoutError:
+                raise HTTPException(408, f"request body: nothing received for {self.read_timeout_s:g} s "
+                                         f"(read timeout)") from None
             seen += len(message.get("body", b""))
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.max_body:
                 raise HTTPException(413, f"request body is over the limit of {self.max_body} bytes")
             return message
@@ -133,14 +355,22 @@ class GuardMiddleware:
                                                               SECURITY_HEADERS.items() if k.encode() not in present)]
             await send(message)
 
-        await self.app(scope, limited_receive, send_with_headers)
+        await self.app(scope, guarded_receive, send_with_headers)
 
 
-def _hostname(host: str) -> str:
-    """'localhost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+def _cross_site(headers: dict[str, str], scheme: str, host: tuple[str, int | None] | None) -> str | None:
+    """Why a state-changing request must be refused as coming from another site, or None (same origin, or a
+    client that is not a browser page: no Origin header)."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in ("same-origin", "none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {site}): a page of another Origin may not search here"
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    here = None if host is None else (scheme, host[0], host[1] or (443 if scheme == "https" else 80))
+    if here is None or _origin(origin) != here:
+        return f"cross-site request refused: Origin {origin[:100]!r} is not this server"
+    return None
 
 
 async def _send_json(send: Send, status: int, message: str) -> None:
@@ -152,8 +382,32 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def decode_upload(data: bytes, limits: Limits) -> Image.Image:
-    """An uploaded image as RGB, refusing non-images, exotic formats and too many pixels before decoding them."""
+def _orientation(img: Image.Image) -> int | None:
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # a malformed EXIF block only costs the rotation, not the upload
+        return None
+    return value if isinstance(value, int) else None
+
+
+def shrink(img: Image.Image, side: int) -> Image.Image:
+    """`img` as a new "RGB" or "L" image whose shorter side is at most `side` (0: any): box-reduced by an
+    integer factor, then resampled, so no full-size copy is made beyond the decoded pixels."""
+    grey = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    mode = "L" if grey else "RGB"
+    out = img.convert(mode) if img.mode != mode else img
+    width, height = out.size
+    if side and min(width, height) > side:
+        scale = side / min(width, height)
+        size = (max(side, round(width * scale)), max(side, round(height * scale)))
+        return out.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return out.copy() if out is img else out
+
+
+def decode_upload(data: bytes, limits: Limits, side: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+    """An upload as a small RGB image (shorter side `side`, the model's input, when larger) and its size as
+    shown (EXIF-oriented). Refuses non-images and exotic formats (400), and more than `limits.max_pixels`
+    decoded pixels (413) before decoding: JPEGs decode at the smallest 1/2-1/4-1/8 scale that covers `side`."""
     if not data:
         raise HTTPException(400, "image: the uploaded file is empty")
     if len(data) > limits.max_upload_bytes:
@@ -161,38 +415,55 @@ def decode_upload(data: bytes, limits: Limits) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as img:
             width, height = img.size
-            if width * height > limits.max_pixels:
-                raise HTTPException(413, f"image: {width} x {height} pixels is over the limit of "
+            if side and img.format == "JPEG":
+                img.draft(None, (side, side))
+            if img.width * img.height > limits.max_pixels:
+                decoded = f" ({img.width} x {img.height} at the smallest JPEG scale)" if img.size != (width, height) \
+                    else ""
+                raise HTTPException(413, f"image: {width} x {height} pixels{decoded} is over the limit of "
                                          f"{limits.max_pixels} pixels")
             img.load()
-            return (ImageOps.exif_transpose(img) or img).convert("RGB")  # phone photos: apply EXIF rotation
+            orientation = _orientation(img)
+            small = shrink(img, side)
+    except Image.DecompressionBombError as exc:  # PIL's own, far higher limit: the header declares too much
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        raise HTTPException(413, f"image: {count.group(1) if count else 'its'} pixels is over the limit of "
+                                 f"{limits.max_pixels} pixels") from None
     except UnidentifiedImageError:
         raise HTTPException(400, f"image: not a decodable image (accepted: {', '.join(UPLOAD_FORMATS)})") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise HTTPException(400, f"image: corrupt or truncated image ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise HTTPException(400, f"image: corrupt or truncated image ({str(exc)[:200]})") from None
+    transpose = ORIENTATION_TRANSPOSE.get(orientation)  # phone photos: show them upright
+    if transpose is not None:
+        small = small.transpose(transpose)
+        if orientation >= 5:
+            width, height = height, width
+    return small.convert("RGB"), (width, height)
 
 
 class ThumbnailCache:
-    """PNG thumbnails of gallery images, made on first request and kept (bounded LRU)."""
+    """PNG thumbnails of gallery images, made on first request and kept (bounded LRU, keyed by id and path)."""
 
     def __init__(self, side: int, capacity: int = 4096) -> None:
         self.side = side
         self.capacity = capacity
-        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, item_id: str, path: str) -> bytes:
+        key = (item_id, path)
         with self._lock:
-            if item_id in self._items:
-                self._items.move_to_end(item_id)
-                return self._items[item_id]
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
         with Image.open(path) as img:
+            img.draft(None, (self.side, self.side))
             img.thumbnail((self.side, self.side))
             buffer = io.BytesIO()
             img.convert("RGB").save(buffer, format="PNG")
         data = buffer.getvalue()
         with self._lock:
-            self._items[item_id] = data
+            self._items[key] = data
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return data
@@ -207,22 +478,43 @@ def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
         loc = [str(x) for x in error.get("loc", ()) if x not in ("body", "query", "path")]
-        parts.append(f"{'.'.join(loc) or 'request'}: {error.get('msg', 'invalid')}")
+        field, kind = ".".join(loc), error.get("type", "")
+        if field == "text" and kind in ("missing", "string_too_short", "string_pattern_mismatch"):
+            message = "describe the change (it is empty)"
+        elif field == "id" and kind == "string_pattern_mismatch":
+            message = "gallery ids are letters, digits, '.', '_' and '-' (not starting with '.' or '-')"
+        else:
+            message = error.get("msg", "invalid")
+        parts.append(f"{field or 'request'}: {message}")
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts: set[str] | None = None
-               ) -> FastAPI:
-    """The app over a loaded `Retriever`; `allowed_hosts` (None: any) guards against DNS rebinding."""
+async def each_field_once(request: Request) -> None:
+    """400 when a search field comes more than once: which of two values the validators see is otherwise
+    FastAPI's choice (the last), so a first, invalid part would pass unnoticed."""
+    form = await request.form()  # already parsed (and cached) by FastAPI for the route's form fields
+    for name in SEARCH_FIELDS:
+        if len(form.getlist(name)) > 1:
+            raise HTTPException(400, f"form field '{name}' was sent more than once (send each field once)")
+
+
+def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts: set[str] | None = None,
+               reload_check_s: float | None = 2.0) -> FastAPI:
+    """The app over a loaded `Retriever`. `allowed_hosts` (None: any) guards against DNS rebinding; the index
+    directory is checked for a newer version every `reload_check_s` seconds (0: before every batch; None:
+    never) and re-opened atomically when `cirlab index --add` rewrote it."""
     limits = limits or Limits()
-    index = retriever.index
-    batcher = SearchBatcher(retriever, limits.max_batch)
+    batcher = SearchBatcher(retriever, limits.max_batch, reload_check_s)
+    decodes = DecodeSlots(limits.max_decodes, limits.decode_wait_s)
     thumbs = ThumbnailCache(limits.thumb_side)
+    side = int(getattr(retriever.run.transform, "size", 0) or 0)
     app = FastAPI(title="cirlab", version=__version__, docs_url=None, redoc_url=None,
-                  description="Composed image retrieval: a reference image plus a text describing a change.")
+                  description="Composed image retrieval: a reference image plus a text describing a change. "
+                              "Every error is a JSON object {\"error\": \"...\"}.")
     app.state.retriever = retriever
     app.state.batcher = batcher
-    app.add_middleware(GuardMiddleware, max_body=limits.max_upload_bytes + 64 * 1024, allowed_hosts=allowed_hosts)
+    app.add_middleware(GuardMiddleware, max_body=limits.max_upload_bytes + 64 * 1024, allowed_hosts=allowed_hosts,
+                       read_timeout_s=limits.read_timeout_s)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -235,67 +527,81 @@ def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
-    @app.get("/api/health", summary="Liveness, the index and the input limits")
+    @app.get("/api/health", summary="Liveness, the index and the input limits", responses=error_responses(400, 413))
     async def health() -> dict[str, Any]:
+        index = retriever.index
         return {"status": "ok", "version": __version__, "images": len(index), "kind": index.kind,
                 "model": index.meta["run"].get("model"), "dataset": index.meta["run"].get("dataset"),
                 "dim": index.meta["dim"], "limits": asdict(limits),
-                "served": {"searches": batcher.queries, "batches": batcher.batches}}
+                "served": {"searches": batcher.queries, "batches": batcher.batches, "reloads": batcher.reloads}}
 
-    @app.get("/api/gallery", summary="A page of gallery ids (for browsing)")
+    @app.get("/api/gallery", summary="A page of gallery ids (for browsing)", responses=error_responses(400, 413, 422))
     async def gallery(offset: Annotated[int, Query(ge=0)] = 0,
                       limit: Annotated[int, Query(ge=1, le=limits.gallery_page)] = 48) -> dict[str, Any]:
+        index = retriever.index
         items = index.items[offset:offset + limit]
         return {"total": len(index), "offset": offset,
                 "items": [{"id": it.id, "image": f"/api/images/{it.id}", "thumb": f"/api/images/{it.id}?thumb=true"}
                           for it in items]}
 
-    @app.post("/api/search", summary="Rank the gallery for a reference (gallery id or upload) and a text")
-    async def search(text: Annotated[str, Form(max_length=limits.max_text_chars, description="the change")] = "",
+    @app.post("/api/search", summary="Rank the gallery for a reference (gallery id or upload) and a text",
+              dependencies=[Depends(each_field_once)],
+              responses=error_responses(400, 403, 404, 408, 413, 422, 503))
+    async def search(text: Annotated[str, Form(min_length=1, max_length=limits.max_text_chars, pattern=TEXT_PATTERN,
+                                               description="the change; not only ASCII whitespace")],
                      k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
-                     id: Annotated[str | None, Form(max_length=128, description="reference gallery id")] = None,
-                     image: Annotated[UploadFile | None, File(description="reference image upload")] = None,
+                     id: Annotated[str | None, Form(max_length=128, pattern=ID_PATTERN.pattern,
+                                                    description="reference gallery id (or send image)")] = None,
+                     image: Annotated[UploadFile | None, File(description="reference image upload (or send id)")]
+                     = None,
                      ) -> dict[str, Any]:
         started = time.perf_counter()
-        text = text.strip()
-        if not text:
-            raise HTTPException(422, "text: describe the change (it is empty)")
+        text = text.strip(TEXT_SPACE)
         has_upload = image is not None and bool(image.filename or image.size)
         if (id is None) == (not has_upload):
             raise HTTPException(422, "give exactly one reference: id (a gallery image) or image (an upload)")
         if id is not None:
             if not is_valid_id(id):
                 raise HTTPException(422, "id: gallery ids are letters, digits, '.', '_' and '-'")
-            if index.position(id) is None:
+            if retriever.index.position(id) is None:
                 raise HTTPException(404, f"id: no gallery image has id {id!r}")
             query = await run_in_threadpool(_gallery_query, retriever, id, text)
             reference: dict[str, Any] = {"id": id}
         else:
-            data = await image.read(limits.max_upload_bytes + 1)
-            pil = await run_in_threadpool(decode_upload, data, limits)
+            if not await decodes.acquire():
+                raise HTTPException(503, f"busy: {limits.max_decodes} uploads are being decoded; retry in a moment",
+                                    headers={"retry-after": "1"})
+            try:
+                data = await image.read(limits.max_upload_bytes + 1)
+                pil, (width, height) = await run_in_threadpool(decode_upload, data, limits, side)
+            finally:
+                decodes.release()
             query = SearchQuery(pil, text)
-            reference = {"upload": {"width": pil.width, "height": pil.height}}
+            reference = {"upload": {"width": width, "height": height}}
         hits = await batcher.search(query, k)
         return {"query": {"reference": reference, "text": text, "k": k}, "results": [_hit_json(h) for h in hits],
                 "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     @app.get("/api/images/{item_id}", summary="A gallery image (or its thumbnail) by id",
-             responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+             responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **error_responses(400, 404, 413, 422)})
     async def gallery_image(item_id: str, thumb: bool = False) -> Response:
-        pos = index.position(item_id)
+        pos = retriever.index.position(item_id)
         if pos is None:
             raise HTTPException(404, "no gallery image has this id")
-        item = index.items[pos]
-        if not Path(item.path).is_file():
-            raise HTTPException(404, f"the file of gallery image {item_id!r} is missing on the server")
+        item = retriever.index.items[pos]
+        if not (Path(item.path).is_file() and os.access(item.path, os.R_OK)):
+            log.warning("gallery image %s: file missing or unreadable: %s", item.id, item.path)
+            raise HTTPException(404, f"the file of gallery image {item.id!r} is missing on the server")
         cache = {"cache-control": "public, max-age=3600"}
         if thumb:
             try:
                 data = await run_in_threadpool(thumbs.get, item.id, item.path)
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise HTTPException(404, f"gallery image {item_id!r} cannot be read ({exc})") from None
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                log.warning("gallery image %s: cannot read %s: %s", item.id, item.path, exc)
+                raise HTTPException(404, f"gallery image {item.id!r} cannot be read on the server") from None
             return Response(data, media_type="image/png", headers=cache)
         media = mimetypes.guess_type(item.path)[0] or "application/octet-stream"
         return FileResponse(item.path, media_type=media, headers=cache)
@@ -312,5 +618,5 @@ def _gallery_query(retriever: Retriever, item_id: str, text: str) -> SearchQuery
     try:
         return retriever.query_for_id(item_id, text)
     except Exception as exc:  # the file behind a valid id went missing or is corrupt: the server's problem
-        raise HTTPException(404, f"the image of gallery id {item_id!r} cannot be read on the server") from exc
-
+        log.warning("gallery image %s cannot be read: %s", item_id, exc)
+        raise HTTPException(404, f"the image of gallery id {item_id!r} cannot be read on the server") from None
