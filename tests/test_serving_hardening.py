@@ -187,6 +187,29 @@ def test_duplicate_form_parts_are_400_even_when_the_first_is_invalid(client: Tes
     assert f"'{field}'" in error_of(response, 400) and "more than once" in error_of(response, 400)
 
 
+@pytest.mark.parametrize(("data", "files", "status", "message"), [
+    ({"text": "red", "id": ""}, {"image": ("a.png", image_bytes())}, 422, "id: the field is empty"),
+    ({"text": "red", "id": "css_test_000001", "k": ""}, None, 422, "k: the field is empty"),
+    ({"text": "red", "image": "not a file"}, None, 422, "image: send a file"),
+])
+def test_form_parts_are_checked_as_the_schema_states_them(client: TestClient, data: dict, files: dict | None,
+                                                          status: int, message: str) -> None:
+    assert message in error_of(client.post("/api/search", data=data, files=files), status)
+
+
+@pytest.mark.parametrize(("with_id", "status", "message"), [
+    (True, 422, "exactly one reference"),
+    (False, 400, "the uploaded file is empty"),
+])
+def test_an_empty_file_part_counts_as_an_upload(client: TestClient, with_id: bool, status: int, message: str) -> None:
+    parts = [("text", "", b"red"), *([("id", "", b"css_test_000001")] if with_id else []),
+             ("image", '; filename=""', b"")]
+    body = b"".join(b'--b\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
+                    % (name.encode(), extra.encode(), value) for name, extra, value in parts) + b"--b--\r\n"
+    response = client.post("/api/search", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert message in error_of(response, status)
+
+
 # --- 4. uploads: bombs, reduced decoding, bounded concurrency ---
 
 
@@ -382,6 +405,8 @@ def test_openapi_documents_the_json_error_bodies_and_the_text_rule(client: TestC
     form = doc["components"]["schemas"][search["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
                                         .rsplit("/", 1)[1]]
     assert "text" in form["required"]
+    assert form["oneOf"] == [{"required": ["id"]}, {"required": ["image"]}]  # exactly one reference
+    assert form["properties"]["image"]["format"] == "binary" and "anyOf" not in form["properties"]["id"]
     text = form["properties"]["text"]
     assert text["minLength"] == 1 and text["maxLength"] == LIMITS.max_text_chars and text["pattern"]
 

@@ -29,10 +29,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -489,13 +490,24 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def each_field_once(request: Request) -> None:
-    """400 when a search field comes more than once: which of two values the validators see is otherwise
-    FastAPI's choice (the last), so a first, invalid part would pass unnoticed."""
+async def check_form_parts(request: Request) -> None:
+    """The search form's parts as the OpenAPI schema states them, before FastAPI validates the values.
+
+    400 when a field comes more than once (the validators would only see the last, so a first, invalid part
+    would pass unnoticed); 422 for an empty `id` or `k` (FastAPI reads an empty part as absent), an `image`
+    that is not a file, or both references at once, even an empty upload beside an id.
+    """
     form = await request.form()  # already parsed (and cached) by FastAPI for the route's form fields
     for name in SEARCH_FIELDS:
         if len(form.getlist(name)) > 1:
             raise HTTPException(400, f"form field '{name}' was sent more than once (send each field once)")
+    for name in ("id", "k"):
+        if form.get(name) == "":
+            raise HTTPException(422, f"{name}: the field is empty")
+    if isinstance(form.get("image"), str):
+        raise HTTPException(422, "image: send a file (multipart file part), not a text field")
+    if "image" in form and "id" in form:
+        raise HTTPException(422, "give exactly one reference: id (a gallery image) or image (an upload)")
 
 
 def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts: set[str] | None = None,
@@ -548,20 +560,26 @@ def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts
                           for it in items]}
 
     @app.post("/api/search", summary="Rank the gallery for a reference (gallery id or upload) and a text",
-              dependencies=[Depends(each_field_once)],
+              dependencies=[Depends(check_form_parts)],
               responses=error_responses(400, 403, 404, 408, 413, 422, 503))
-    async def search(text: Annotated[str, Form(min_length=1, max_length=limits.max_text_chars, pattern=TEXT_PATTERN,
+    async def search(request: Request,
+                     text: Annotated[str, Form(min_length=1, max_length=limits.max_text_chars, pattern=TEXT_PATTERN,
                                                description="the change; not only ASCII whitespace")],
                      k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
-                     id: Annotated[str | None, Form(max_length=128, pattern=ID_PATTERN.pattern,
-                                                    description="reference gallery id (or send image)")] = None,
-                     image: Annotated[UploadFile | None, File(description="reference image upload (or send id)")]
-                     = None,
+                     id: Annotated[str | None, Form(max_length=128, pattern=ID_PATTERN.pattern),
+                                   WithJsonSchema({"type": "string", "maxLength": 128, "pattern": ID_PATTERN.pattern,
+                                                   "description": "reference gallery id (or send image)"})] = None,
+                     image: Annotated[UploadFile | None, File(),
+                                      WithJsonSchema({"type": "string", "format": "binary",
+                                                      "contentMediaType": "application/octet-stream",
+                                                      "description": "reference image upload (or send id): "
+                                                                     + ", ".join(UPLOAD_FORMATS)})] = None,
                      ) -> dict[str, Any]:
         started = time.perf_counter()
         text = text.strip(TEXT_SPACE)
-        has_upload = image is not None and bool(image.filename or image.size)
-        if (id is None) == (not has_upload):
+        if id is None and image is None:
+            if "image" in await request.form():  # an empty file part without a file name
+                raise HTTPException(400, "image: the uploaded file is empty")
             raise HTTPException(422, "give exactly one reference: id (a gallery image) or image (an upload)")
         if id is not None:
             if not is_valid_id(id):
@@ -611,6 +629,25 @@ def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus what form fields cannot say: exactly one of `id` and `image`; and the first
+        gallery id as the example id, so that a client (or a fuzzer) can try the id routes."""
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            ref = doc["paths"]["/api/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+            form = doc["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]
+            form["oneOf"] = [{"required": ["id"]}, {"required": ["image"]}]
+            if len(retriever.index):
+                example = retriever.index.items[0].id
+                form["properties"]["id"]["examples"] = [example]
+                for parameter in doc["paths"]["/api/images/{item_id}"]["get"]["parameters"]:
+                    if parameter["name"] == "item_id":
+                        parameter["schema"]["examples"] = [example]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
