@@ -538,10 +538,14 @@ def test_a_client_that_sends_its_headers_too_slowly_is_cut_off(server: dict) -> 
 
 
 def test_bad_requests_do_not_flood_the_log(server: dict) -> None:
+    replies = []
     for _ in range(30):
         with socket.create_connection(("127.0.0.1", server["port"]), timeout=10) as sock:
             sock.sendall(b"GET /\x01\x02 HTTP/1.1\r\nHost: \x00\r\n\r\n")
-            sock.recv(1024)
+            replies.append(b"".join(iter(lambda s=sock: s.recv(4096), b"")))  # until the server closes
+    head, _, body = replies[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["error"].startswith("malformed HTTP request")
     assert httpx.get(f"{server['url']}/api/health").status_code == 200
     lines = [line for line in server["log"].read_text().splitlines() if "Invalid HTTP request" in line]
     assert 1 <= len(lines) <= 5

@@ -9,6 +9,7 @@ whose head is not complete `head_timeout` seconds after it started (the body has
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import socket
 import sys
@@ -18,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cirlab.serving.app import RepeatedLogFilter
+from cirlab.serving.app import SECURITY_HEADERS, RepeatedLogFilter
 from cirlab.utils.errors import CirlabError
 
 #: uvicorn's idle timeout between two requests on a kept-alive connection (its default).
@@ -66,6 +67,18 @@ class HeadTimeoutH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 cannot parse (bad request line or header, a head over
+        MAX_HEAD_BYTES), as a JSON error like every other one; the connection is closed after it."""
+        body = json.dumps({"error": f"malformed HTTP request ({msg.rstrip('.')}): bad request line or "
+                                    f"headers, or a request head over {MAX_HEAD_BYTES} bytes"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                   *((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _arm_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
