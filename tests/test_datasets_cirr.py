@@ -11,9 +11,9 @@ import torch
 from conftest import tiny_model_config
 from PIL import Image
 
-from cirlab.cli import submit_cirr
 from cirlab.cli.main import main
 from cirlab.datasets import build_dataset
+from cirlab.evaluation import cirr_submission
 from cirlab.models import build_model
 from cirlab.training.config import TrainConfig
 from cirlab.training.run_dir import save_config, save_model
@@ -148,7 +148,7 @@ def test_submit_cirr_refuses_files_over_the_size_limit(cirr: Path, tmp_path: Pat
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     run, out = tmp_path / "run", tmp_path / "sub"
     make_run(run, cirr)
-    monkeypatch.setattr(submit_cirr, "MAX_BYTES", 200)
+    monkeypatch.setattr(cirr_submission, "MAX_BYTES", 200)
     assert main(["submit-cirr", str(run), "--out", str(out)]) == 2
     assert "exceeds the CIRR server limit of 200 bytes; not written" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
