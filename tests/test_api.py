@@ -219,7 +219,7 @@ def test_concurrent_searches_are_batched_and_answer_like_sequential_ones(retriev
     for item_id, text, body in zip(ids, texts, bodies, strict=True):
         direct = retriever.search([retriever.query_for_id(item_id, text)], 3)[0]
         assert [r["id"] for r in body["results"]] == [h.id for h in direct]
-    assert app.state.batcher.queries == 12 and 1 <= app.state.batcher.batches <= 12
+    assert app.state.serving.batcher.queries == 12 and 1 <= app.state.serving.batcher.batches <= 12
 
 
 def test_serve_without_an_index_uses_the_demo_or_says_to_run_it(tiny_css: Path, tmp_path: Path) -> None:

@@ -295,7 +295,7 @@ def tie_retriever(run_dir: Path) -> Retriever:
 def test_a_querys_results_do_not_depend_on_the_k_of_requests_batched_with_it(
         tie_retriever: Retriever, monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(tie_retriever, LIMITS)
-    batcher = app.state.batcher
+    batcher = app.state.serving.batcher
     entered, gate = threading.Event(), threading.Event()
     calls: list[int] = []
     compose = tie_retriever.compose
@@ -337,7 +337,7 @@ def test_a_querys_results_do_not_depend_on_the_k_of_requests_batched_with_it(
 def test_a_client_that_leaves_while_queued_does_not_stop_the_search_worker(
         retriever: Retriever, monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(retriever, LIMITS)
-    batcher = app.state.batcher
+    batcher = app.state.serving.batcher
     entered, gate = threading.Event(), threading.Event()
     compose = retriever.compose
     calls: list[int] = []

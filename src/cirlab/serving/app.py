@@ -5,8 +5,10 @@ the queries waiting for it (`SearchBatcher`), and image decoding runs in the thr
 never blocks. Untrusted input is bounded everywhere: request bytes and read time, the Host and Origin headers,
 image pixels and concurrent decodes, text length, k, and ids, which are looked up in the index and never
 turned into paths. Every error is a JSON body `{"error": "..."}` (documented in the OpenAPI document); server
-paths only ever go to the server log. (No `from __future__ import annotations` here: FastAPI reads the route
-annotations, which use the app's limits.)
+paths only ever go to the server log. The handlers are module-level functions; `create_app` wires them and
+keeps what they share in `app.state.serving` (a `ServingState`, reached through the `serving_state` dependency).
+Bounds that come from the app's `Limits` are checked in the handlers and written into the OpenAPI document by
+`CirlabApp.openapi`.
 """
 
 import asyncio
@@ -510,144 +512,218 @@ async def check_form_parts(request: Request) -> None:
         raise HTTPException(422, "give exactly one reference: id (a gallery image) or image (an upload)")
 
 
-def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts: set[str] | None = None,
-               reload_check_s: float | None = 2.0) -> FastAPI:
-    """The app over a loaded `Retriever`. `allowed_hosts` (None: any) guards against DNS rebinding; the index
-    directory is checked for a newer version every `reload_check_s` seconds (0: before every batch; None:
-    never) and re-opened atomically when `cirlab index --add` rewrote it."""
-    limits = limits or Limits()
-    batcher = SearchBatcher(retriever, limits.max_batch, reload_check_s)
-    decodes = DecodeSlots(limits.max_decodes, limits.decode_wait_s)
-    thumbs = ThumbnailCache(limits.thumb_side)
-    side = int(getattr(retriever.run.transform, "size", 0) or 0)
-    app = FastAPI(title="cirlab", version=__version__, docs_url=None, redoc_url=None,
-                  description="Composed image retrieval: a reference image plus a text describing a change. "
-                              "Every error is a JSON object {\"error\": \"...\"}.")
-    app.state.retriever = retriever
-    app.state.batcher = batcher
-    app.add_middleware(GuardMiddleware, max_body=limits.max_upload_bytes + 64 * 1024, allowed_hosts=allowed_hosts,
-                       read_timeout_s=limits.read_timeout_s)
+@dataclass
+class ServingState:
+    """What the handlers share, kept on `app.state.serving`: the retriever, its batching worker, the input
+    limits, the upload decode slots, the thumbnail cache and the model's input side (uploads are reduced to it)."""
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+    retriever: Retriever
+    limits: Limits
+    batcher: SearchBatcher
+    decodes: DecodeSlots
+    thumbs: ThumbnailCache
+    upload_side: int
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+def serving_state(request: Request) -> ServingState:
+    """The app's `ServingState` (a FastAPI dependency)."""
+    return request.app.state.serving
 
-    @app.get("/api/health", summary="Liveness, the index and the input limits", responses=error_responses(400, 413))
-    async def health() -> dict[str, Any]:
-        index = retriever.index
-        return {"status": "ok", "version": __version__, "images": len(index), "kind": index.kind,
-                "model": index.meta["run"].get("model"), "dataset": index.meta["run"].get("dataset"),
-                "dim": index.meta["dim"], "limits": asdict(limits),
-                "served": {"searches": batcher.queries, "batches": batcher.batches, "reloads": batcher.reloads}}
 
-    @app.get("/api/gallery", summary="A page of gallery ids (for browsing)", responses=error_responses(400, 413, 422))
-    async def gallery(offset: Annotated[int, Query(ge=0)] = 0,
-                      limit: Annotated[int, Query(ge=1, le=limits.gallery_page)] = 48) -> dict[str, Any]:
-        index = retriever.index
-        items = index.items[offset:offset + limit]
-        return {"total": len(index), "offset": offset,
-                "items": [{"id": it.id, "image": f"/api/images/{it.id}", "thumb": f"/api/images/{it.id}?thumb=true"}
-                          for it in items]}
+Served = Annotated[ServingState, Depends(serving_state)]
 
-    @app.post("/api/search", summary="Rank the gallery for a reference (gallery id or upload) and a text",
-              dependencies=[Depends(check_form_parts)],
-              responses=error_responses(400, 403, 404, 408, 413, 422, 503))
-    async def search(request: Request,
-                     text: Annotated[str, Form(min_length=1, max_length=limits.max_text_chars, pattern=TEXT_PATTERN,
-                                               description="the change; not only ASCII whitespace")],
-                     k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
-                     id: Annotated[str | None, Form(max_length=128, pattern=ID_PATTERN.pattern),
-                                   WithJsonSchema({"type": "string", "maxLength": 128, "pattern": ID_PATTERN.pattern,
-                                                   "description": "reference gallery id (or send image)"})] = None,
-                     image: Annotated[UploadFile | None, File(),
-                                      WithJsonSchema({"type": "string", "format": "binary",
-                                                      "contentMediaType": "application/octet-stream",
-                                                      "description": "reference image upload (or send id): "
-                                                                     + ", ".join(UPLOAD_FORMATS)})] = None,
-                     ) -> dict[str, Any]:
-        started = time.perf_counter()
-        text = text.strip(TEXT_SPACE)
-        if id is None and image is None:
-            if "image" in await request.form():  # an empty file part without a file name
-                raise HTTPException(400, "image: the uploaded file is empty")
-            raise HTTPException(422, "give exactly one reference: id (a gallery image) or image (an upload)")
-        if id is not None:
-            if not is_valid_id(id):
-                raise HTTPException(422, "id: gallery ids are letters, digits, '.', '_' and '-'")
-            if retriever.index.position(id) is None:
-                raise HTTPException(404, f"id: no gallery image has id {id!r}")
-            query = await run_in_threadpool(_gallery_query, retriever, id, text)
-            reference: dict[str, Any] = {"id": id}
-        else:
-            if not await decodes.acquire():
-                raise HTTPException(503, f"busy: {limits.max_decodes} uploads are being decoded; retry in a moment",
-                                    headers={"retry-after": "1"})
-            try:
-                data = await image.read(limits.max_upload_bytes + 1)
-                pil, (width, height) = await run_in_threadpool(decode_upload, data, limits, side)
-            finally:
-                decodes.release()
-            query = SearchQuery(pil, text)
-            reference = {"upload": {"width": width, "height": height}}
-        hits = await batcher.search(query, k)
-        return {"query": {"reference": reference, "text": text, "k": k}, "results": [_hit_json(h) for h in hits],
-                "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
-    @app.get("/api/images/{item_id}", summary="A gallery image (or its thumbnail) by id",
-             responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **error_responses(400, 404, 413, 422)})
-    async def gallery_image(item_id: str, thumb: bool = False) -> Response:
-        pos = retriever.index.position(item_id)
-        if pos is None:
-            raise HTTPException(404, "no gallery image has this id")
-        item = retriever.index.items[pos]
-        if not (Path(item.path).is_file() and os.access(item.path, os.R_OK)):
-            log.warning("gallery image %s: file missing or unreadable: %s", item.id, item.path)
-            raise HTTPException(404, f"the file of gallery image {item.id!r} is missing on the server")
-        cache = {"cache-control": "public, max-age=3600"}
-        if thumb:
-            try:
-                data = await run_in_threadpool(thumbs.get, item.id, item.path)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-                log.warning("gallery image %s: cannot read %s: %s", item.id, item.path, exc)
-                raise HTTPException(404, f"gallery image {item.id!r} cannot be read on the server") from None
-            return Response(data, media_type="image/png", headers=cache)
-        media = mimetypes.guess_type(item.path)[0] or "application/octet-stream"
-        return FileResponse(item.path, media_type=media, headers=cache)
+def _over_limit(field: str, location: str, kind: str, message: str, value: Any) -> dict[str, Any]:
+    """A validation error shaped like pydantic's, for a bound that depends on the app's `Limits`."""
+    return {"type": kind, "loc": (location, field), "msg": message, "input": value}
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+def check_search_limits(text: str, k: int, limits: Limits) -> None:
+    """422 (like FastAPI's own validation) for a text or k over the app's limits; the OpenAPI document states
+    the same bounds (`CirlabApp.openapi`)."""
+    errors = []
+    if len(text) > limits.max_text_chars:
+        errors.append(_over_limit("text", "body", "string_too_long",
+                                  f"String should have at most {limits.max_text_chars} characters", text))
+    if k > limits.max_k:
+        errors.append(_over_limit("k", "body", "less_than_equal",
+                                  f"Input should be less than or equal to {limits.max_k}", k))
+    if errors:
+        raise RequestValidationError(errors)
 
-    def openapi() -> dict[str, Any]:
-        """FastAPI's document, plus what form fields cannot say: exactly one of `id` and `image`; and the first
-        gallery id as the example id, so that a client (or a fuzzer) can try the id routes."""
-        if app.openapi_schema is None:
-            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+
+async def health(state: Served) -> dict[str, Any]:
+    """Liveness, the index and the input limits."""
+    index, batcher = state.retriever.index, state.batcher
+    return {"status": "ok", "version": __version__, "images": len(index), "kind": index.kind,
+            "model": index.meta["run"].get("model"), "dataset": index.meta["run"].get("dataset"),
+            "dim": index.meta["dim"], "limits": asdict(state.limits),
+            "served": {"searches": batcher.queries, "batches": batcher.batches, "reloads": batcher.reloads}}
+
+
+async def gallery(request: Request, state: Served, offset: Annotated[int, Query(ge=0)] = 0,
+                  limit: Annotated[int, Query(ge=1)] = 48) -> dict[str, Any]:
+    """A page of gallery ids; `limit` is at most the page size in /api/health (the default is cut to it)."""
+    page = state.limits.gallery_page
+    if limit > page:
+        if "limit" in request.query_params:
+            raise RequestValidationError([_over_limit("limit", "query", "less_than_equal",
+                                                      f"Input should be less than or equal to {page}", limit)])
+        limit = page
+    index = state.retriever.index
+    items = index.items[offset:offset + limit]
+    return {"total": len(index), "offset": offset,
+            "items": [{"id": it.id, "image": f"/api/images/{it.id}", "thumb": f"/api/images/{it.id}?thumb=true"}
+                      for it in items]}
+
+
+async def search(request: Request, state: Served,
+                 text: Annotated[str, Form(min_length=1, pattern=TEXT_PATTERN,
+                                           description="the change; not only ASCII whitespace")],
+                 k: Annotated[int, Form(ge=1)] = 10,
+                 id: Annotated[str | None, Form(max_length=128, pattern=ID_PATTERN.pattern),
+                               WithJsonSchema({"type": "string", "maxLength": 128, "pattern": ID_PATTERN.pattern,
+                                               "description": "reference gallery id (or send image)"})] = None,
+                 image: Annotated[UploadFile | None, File(),
+                                  WithJsonSchema({"type": "string", "format": "binary",
+                                                  "contentMediaType": "application/octet-stream",
+                                                  "description": "reference image upload (or send id): "
+                                                                 + ", ".join(UPLOAD_FORMATS)})] = None,
+                 ) -> dict[str, Any]:
+    """The top k gallery images for a reference (a gallery id, itself never returned, or an upload) and a text."""
+    started = time.perf_counter()
+    retriever, limits = state.retriever, state.limits
+    check_search_limits(text, k, limits)
+    text = text.strip(TEXT_SPACE)
+    if id is None and image is None:
+        if "image" in await request.form():  # an empty file part without a file name
+            raise HTTPException(400, "image: the uploaded file is empty")
+        raise HTTPException(422, "give exactly one reference: id (a gallery image) or image (an upload)")
+    if id is not None:
+        if not is_valid_id(id):
+            raise HTTPException(422, "id: gallery ids are letters, digits, '.', '_' and '-'")
+        if retriever.index.position(id) is None:
+            raise HTTPException(404, f"id: no gallery image has id {id!r}")
+        query = await run_in_threadpool(_gallery_query, retriever, id, text)
+        reference: dict[str, Any] = {"id": id}
+    else:
+        if not await state.decodes.acquire():
+            raise HTTPException(503, f"busy: {limits.max_decodes} uploads are being decoded; retry in a moment",
+                                headers={"retry-after": "1"})
+        try:
+            data = await image.read(limits.max_upload_bytes + 1)
+            pil, (width, height) = await run_in_threadpool(decode_upload, data, limits, state.upload_side)
+        finally:
+            state.decodes.release()
+        query = SearchQuery(pil, text)
+        reference = {"upload": {"width": width, "height": height}}
+    hits = await state.batcher.search(query, k)
+    return {"query": {"reference": reference, "text": text, "k": k}, "results": [_hit_json(h) for h in hits],
+            "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def gallery_image(state: Served, item_id: str, thumb: bool = False) -> Response:
+    """A gallery image, or its PNG thumbnail, by id (never by path)."""
+    index = state.retriever.index
+    pos = index.position(item_id)
+    if pos is None:
+        raise HTTPException(404, "no gallery image has this id")
+    item = index.items[pos]
+    if not (Path(item.path).is_file() and os.access(item.path, os.R_OK)):
+        log.warning("gallery image %s: file missing or unreadable: %s", item.id, item.path)
+        raise HTTPException(404, f"the file of gallery image {item.id!r} is missing on the server")
+    cache = {"cache-control": "public, max-age=3600"}
+    if thumb:
+        try:
+            data = await run_in_threadpool(state.thumbs.get, item.id, item.path)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            log.warning("gallery image %s: cannot read %s: %s", item.id, item.path, exc)
+            raise HTTPException(404, f"gallery image {item.id!r} cannot be read on the server") from None
+        return Response(data, media_type="image/png", headers=cache)
+    media = mimetypes.guess_type(item.path)[0] or "application/octet-stream"
+    return FileResponse(item.path, media_type=media, headers=cache)
+
+
+async def page() -> FileResponse:
+    """The web page."""
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+class CirlabApp(FastAPI):
+    """The FastAPI app with an OpenAPI document completed from its `ServingState`: the bounds that come from
+    `Limits` (text length, k, gallery page), what form fields cannot say (exactly one of `id` and `image`), and
+    the first gallery id as the example id, so that a client (or a fuzzer) can try the id routes."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            state: ServingState = self.state.serving
+            doc = get_openapi(title=self.title, version=self.version, description=self.description,
+                              routes=self.routes)
             ref = doc["paths"]["/api/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
             form = doc["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]
             form["oneOf"] = [{"required": ["id"]}, {"required": ["image"]}]
-            if len(retriever.index):
-                example = retriever.index.items[0].id
-                form["properties"]["id"]["examples"] = [example]
+            form["properties"]["text"]["maxLength"] = state.limits.max_text_chars
+            form["properties"]["k"]["maximum"] = state.limits.max_k
+            for parameter in doc["paths"]["/api/gallery"]["get"]["parameters"]:
+                if parameter["name"] == "limit":
+                    parameter["schema"]["maximum"] = state.limits.gallery_page
+            index = state.retriever.index
+            if len(index):
+                form["properties"]["id"]["examples"] = [index.items[0].id]
                 for parameter in doc["paths"]["/api/images/{item_id}"]["get"]["parameters"]:
                     if parameter["name"] == "item_id":
-                        parameter["schema"]["examples"] = [example]
-            app.openapi_schema = doc
-        return app.openapi_schema
+                        parameter["schema"]["examples"] = [index.items[0].id]
+            self.openapi_schema = doc
+        return self.openapi_schema
 
-    app.openapi = openapi
+
+def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts: set[str] | None = None,
+               reload_check_s: float | None = 2.0) -> FastAPI:
+    """The app over a loaded `Retriever`: wires the module's handlers and keeps their shared state in
+    `app.state.serving`. `allowed_hosts` (None: any) guards against DNS rebinding; the index directory is
+    checked for a newer version every `reload_check_s` seconds (0: before every batch; None: never) and
+    re-opened atomically when `cirlab index --add` rewrote it."""
+    limits = limits or Limits()
+    app = CirlabApp(title="cirlab", version=__version__, docs_url=None, redoc_url=None,
+                    description="Composed image retrieval: a reference image plus a text describing a change. "
+                                "Every error is a JSON object {\"error\": \"...\"}.")
+    app.state.serving = ServingState(
+        retriever=retriever, limits=limits, batcher=SearchBatcher(retriever, limits.max_batch, reload_check_s),
+        decodes=DecodeSlots(limits.max_decodes, limits.decode_wait_s), thumbs=ThumbnailCache(limits.thumb_side),
+        upload_side=int(getattr(retriever.run.transform, "size", 0) or 0))
+    app.add_middleware(GuardMiddleware, max_body=limits.max_upload_bytes + 64 * 1024, allowed_hosts=allowed_hosts,
+                       read_timeout_s=limits.read_timeout_s)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
+    app.add_api_route("/api/health", health, methods=["GET"], summary="Liveness, the index and the input limits",
+                      responses=error_responses(400, 413))
+    app.add_api_route("/api/gallery", gallery, methods=["GET"], summary="A page of gallery ids (for browsing)",
+                      responses=error_responses(400, 413, 422))
+    app.add_api_route("/api/search", search, methods=["POST"],
+                      summary="Rank the gallery for a reference (gallery id or upload) and a text",
+                      dependencies=[Depends(check_form_parts)],
+                      responses=error_responses(400, 403, 404, 408, 413, 422, 503))
+    app.add_api_route("/api/images/{item_id}", gallery_image, methods=["GET"],
+                      summary="A gallery image (or its thumbnail) by id",
+                      responses={200: {"content": {"image/png": {}, "image/jpeg": {}}},
+                                 **error_responses(400, 404, 413, 422)})
+    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 
