@@ -1,4 +1,4 @@
-"""`cirlab interactive-eval RUN_DIR`: multi-turn retrieval with a simulated user on CSS (success by turn)."""
+"""`cirlab interactive-eval RUN_DIR`: multi-turn retrieval with a simulated user (CSS), success by turn."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cirlab.utils.threads import add_threads_argument
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interactive-eval",
                        help="simulate a user refining a CSS query turn by turn; success rate after each turn")
-    p.add_argument("run_dir", type=Path, help="a run trained on CSS")
+    p.add_argument("run_dir", type=Path, help="a run on a dataset that can simulate a user (CSS)")
     p.add_argument("--split", default="test")
     p.add_argument("--data-root", default=None, help="dataset location, if it moved since training")
     p.add_argument("--turns", type=int, default=5, help="turns T per episode")
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cirlab.evaluation.interactive import InteractiveConfig, format_table, interactive_eval, success_curve_png
+    from cirlab.evaluation.interactive import InteractiveConfig, format_table, interactive_eval
+    from cirlab.evaluation.plots import success_curve_png
     from cirlab.training import load_run, open_dataset
     from cirlab.utils.io import write_json_atomic
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cirlab.datasets.simulated_user import SimulatedUser
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.registry import Registry
 
@@ -124,6 +125,11 @@ class CIRDataset:
             return dict(next(iter(per_set.values())))
         keys = set.intersection(*(set(m) for m in per_set.values()))
         return {k: float(np.mean([m[k] for m in per_set.values()])) for k in sorted(keys)}
+
+    def simulated_user(self) -> SimulatedUser | None:
+        """A user for multi-turn interactive evaluation (`cirlab interactive-eval`), or None when this benchmark
+        cannot state the difference between two of its images (every real-image benchmark)."""
+        return None
 
     def stats(self) -> dict[str, Any]:
         """Counts a user checks after a download: pairs, queries, gallery, missing images."""

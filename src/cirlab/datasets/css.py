@@ -9,7 +9,7 @@ file and the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -18,6 +18,9 @@ from cirlab.datasets._common import as_bool, check_sampling, reject_unknown_opti
 from cirlab.datasets.base import DATASETS, CIRDataset, EvalSet, TrainPair, load_rgb
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.safe_pickle import load_pickled_npy
+
+if TYPE_CHECKING:
+    from cirlab.datasets.css_user import CSSSimulatedUser
 
 CSS_FILE = "css_toy_dataset_novel2_small.dup.npy"
 
@@ -213,6 +216,12 @@ class CSSDataset(CIRDataset):
             ks=(1, 5, 10, 50, 100),
             protocol="TIRG CSS: gallery = all split images, query image excluded, hit = same caption",
         )]
+
+    def simulated_user(self) -> CSSSimulatedUser:
+        """The generator's own difference texts between scenes (`cirlab.datasets.css_user`)."""
+        from cirlab.datasets.css_user import CSSSimulatedUser  # css_synth imports this module
+
+        return CSSSimulatedUser(self.objects, self.labels)
 
     def stats(self) -> dict[str, Any]:
         missing = 0 if self.render == "2d" else sum(not self.image_path(i).is_file() for i in range(len(self)))

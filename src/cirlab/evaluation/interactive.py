@@ -1,34 +1,34 @@
-"""Multi-turn interactive retrieval on CSS: a simulated user steers towards a hidden target, one change per turn.
+"""Multi-turn interactive retrieval: a simulated user steers towards a hidden target, one change per turn.
 
-On the synthetic CSS benchmark the difference between two scenes can be stated exactly, so a user can be
-simulated: start from a reference image, say one difference between the current reference and the hidden
-target in the generator's own words (`describe_difference`: "add ... / remove ... / make ..."), look at the
-top-K results, and, if the target is not among them, take the best result as the next reference and repeat,
-for up to T turns. Success after turn t is the share of episodes whose target (any image of the same scene)
-reached the top-K by then. The seed papers motivate this loop but measure one turn only.
+Where the dataset can simulate a user (`CIRDataset.simulated_user()`; on the synthetic CSS benchmark the
+difference between two scenes can be stated exactly), each episode starts from a reference image: the user says
+one difference between the current reference and the hidden target, looks at the top-K results and, if the
+target is not among them, takes the best result as the next reference and repeats, for up to T turns. Success
+after turn t is the share of episodes whose target (any image with the target's label) reached the top-K by
+then. The seed papers motivate this loop but measure one turn only.
+
+The loop (`simulate`) sees the user only through the `SimulatedUser` protocol and the system only through a
+`SearchFn`, so it is tested with scripted users and systems whose outcome is known in advance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from cirlab.datasets import CIRDataset
-from cirlab.datasets.css_synth import apply_modification, describe_difference
-from cirlab.evaluation import drawing
+from cirlab.datasets.simulated_user import SimulatedUser
 from cirlab.evaluation.evaluator import encode_gallery, encode_queries
 from cirlab.evaluation.recall import topk_chunked
 from cirlab.training import LoadedRun
 from cirlab.utils.errors import CirlabError
 
-Scene = Sequence[Mapping[str, Any]]
-
+#: (references, texts, k) -> (len(references), k) image indices, best first, each reference left out of its row.
+SearchFn = Callable[[Sequence[int], Sequence[str], int], np.ndarray]
 
 @dataclass
 class InteractiveConfig:
@@ -48,101 +48,137 @@ class InteractiveConfig:
             raise CirlabError("need 1 <= --min-steps <= --max-steps")
 
 
-def steps_between(source: Scene, target: Scene, limit: int = 50) -> int:
-    """How many single-difference texts take `source` to `target` (the simulated user's path length)."""
-    current, steps = list(source), 0
-    while (text := describe_difference(current, target)) is not None:
-        current = apply_modification(current, text)
-        steps += 1
-        if steps > limit:
-            raise CirlabError("describe_difference did not converge; are these scenes from `cirlab data css`?")
-    return steps
+@dataclass
+class Turn:
+    """One turn: the reference searched from, the user's text, the best result, the target's rank among the top K
+    (1-based; None: not there), and the steps then separating the user from the target (0 once found)."""
+
+    reference: int
+    text: str
+    top1: int
+    target_rank: int | None
+    steps_left: int
 
 
-def sample_episodes(dataset: CIRDataset, config: InteractiveConfig) -> list[tuple[int, int, int]]:
+@dataclass
+class Episode:
+    """A (reference, target) pair `steps` edits apart, and its turns; an episode stops at the turn it succeeds."""
+
+    reference: int
+    target: int
+    steps: int
+    turns: list[Turn] = field(default_factory=list)
+
+    @property
+    def found_at(self) -> int | None:
+        """The turn (1-based) whose top K held the target, or None."""
+        return len(self.turns) if self.turns and self.turns[-1].target_rank is not None else None
+
+
+def require_simulated_user(dataset: CIRDataset) -> SimulatedUser:
+    """The dataset's simulated user, or a CirlabError saying this dataset has none."""
+    user = dataset.simulated_user()
+    if user is None:
+        raise CirlabError(f"interactive-eval needs a dataset that can simulate a user (css); dataset "
+                          f"{dataset.name!r} cannot state the difference between two of its images")
+    return user
+
+
+def sample_episodes(user: SimulatedUser, config: InteractiveConfig) -> list[tuple[int, int, int]]:
     """(reference, target, steps) triples with min_steps <= steps <= max_steps, drawn with `config.seed`."""
-    objects = _scenes(dataset)
-    labels = np.asarray(dataset.labels)
+    labels = np.asarray(user.labels)
     high = config.max_steps or config.turns
     rng = np.random.default_rng(config.seed)
     chosen: dict[tuple[int, int], int] = {}
     for _ in range(config.episodes * 200):
         if len(chosen) == config.episodes:
             break
-        ref, tgt = (int(x) for x in rng.integers(len(objects), size=2))
+        ref, tgt = (int(x) for x in rng.integers(len(labels), size=2))
         if labels[ref] == labels[tgt] or (ref, tgt) in chosen:
             continue
-        steps = steps_between(objects[ref], objects[tgt])
+        steps = user.steps(ref, tgt)
         if config.min_steps <= steps <= high:
             chosen[(ref, tgt)] = steps
     if not chosen:
-        raise CirlabError(f"no (reference, target) pair of {dataset.split} is {config.min_steps}-{high} steps apart")
+        raise CirlabError(f"no (reference, target) pair of these {len(labels)} images is {config.min_steps}-{high} "
+                          "steps apart")
     return [(r, t, s) for (r, t), s in chosen.items()]
 
 
-def _scenes(dataset: CIRDataset) -> list[Scene]:
-    objects = getattr(dataset, "objects", None)
-    if objects is None or not hasattr(dataset, "labels"):
-        raise CirlabError(f"interactive-eval needs CSS scenes (dataset {dataset.name!r} has no scene descriptions)")
-    try:
-        describe_difference(objects[0], objects[-1])
-    except (ValueError, KeyError):
-        raise CirlabError("interactive-eval needs scenes from `cirlab data css` (one object per grid cell, "
-                          "with sizes); this CSS file has other scenes") from None
-    return objects
+def simulate(user: SimulatedUser, episodes: Sequence[tuple[int, int, int]], search: SearchFn, turns: int,
+             k: int) -> list[Episode]:
+    """Play every episode for up to `turns` turns against `search`; the episodes still looking are searched
+    together each turn. A miss makes the best result the next reference."""
+    labels = np.asarray(user.labels)
+    played = [Episode(r, t, s) for r, t, s in episodes]
+    current = [r for r, _, _ in episodes]
+    for _ in range(turns):
+        active = [e for e, episode in enumerate(played) if episode.found_at is None]
+        if not active:
+            break
+        texts = []
+        for e in active:
+            text = user.describe(current[e], played[e].target)
+            if text is None:
+                raise CirlabError(f"the simulated user has nothing to say between image {current[e]} and its target "
+                                  f"{played[e].target}, which it labels differently")
+            texts.append(text)
+        top = np.asarray(search([current[e] for e in active], texts, k))
+        for row, e in enumerate(active):
+            ranked = [int(p) for p in top[row]]
+            target = played[e].target
+            hits = [i for i, p in enumerate(ranked) if labels[p] == labels[target]]
+            reference = current[e]
+            if not hits:
+                current[e] = ranked[0]
+            played[e].turns.append(Turn(reference, texts[row], ranked[0], hits[0] + 1 if hits else None,
+                                        0 if hits else user.steps(current[e], target)))
+    return played
 
 
-@torch.no_grad()
+def success_by_turn(episodes: Sequence[Episode], turns: int) -> list[dict[str, Any]]:
+    """Per turn t = 0..turns: success@K by t, success@1 by t (the target at rank 1 on the turn it entered the
+    top K, where the user stops), and the mean steps still separating reference and target (0 once found)."""
+    rows = []
+    for t in range(turns + 1):
+        found = [e.found_at is not None and e.found_at <= t for e in episodes]
+        at_one = [f and e.turns[-1].target_rank == 1 for f, e in zip(found, episodes, strict=True)]
+        left = [e.steps if t == 0 else e.turns[min(t, len(e.turns)) - 1].steps_left for e in episodes]
+        rows.append({"turn": t, "success@k": float(np.mean(found)), "success@1": float(np.mean(at_one)),
+                     "mean_steps_left": float(np.mean(left))})
+    return rows
+
+
+def model_search(run: LoadedRun, dataset: CIRDataset, progress: bool = True) -> SearchFn:
+    """A `SearchFn` over every image of `dataset` with the run's model (the gallery is encoded once, now)."""
+    gallery = encode_gallery(run.model, dataset, list(range(len(dataset))), run.transform, progress=progress)
+
+    @torch.no_grad()
+    def search(references: Sequence[int], texts: Sequence[str], k: int) -> np.ndarray:
+        queries = encode_queries(run.model, dataset, list(references), list(texts), run.transform, progress=False)
+        _, top = topk_chunked(queries, gallery, k, exclude=np.asarray(references, dtype=np.int64))
+        return top.numpy()
+
+    return search
+
+
 def interactive_eval(run: LoadedRun, dataset: CIRDataset, config: InteractiveConfig, progress: bool = True
                      ) -> dict[str, Any]:
-    """Simulate the episodes; per turn: success@K so far, success@1 so far (the target was at rank 1 on the turn
-    it entered the top K, where the user stops), and the mean steps still separating reference and target
-    (0 once found). Turn 0 is the starting point (nothing found, initial distances)."""
+    """Simulate the episodes with the run's model; per turn the rows of `success_by_turn` (turn 0 is the
+    starting point: nothing found, initial distances), with the first five episodes as examples."""
     config.validate()
-    objects = _scenes(dataset)
-    labels = np.asarray(dataset.labels)
-    episodes = sample_episodes(dataset, config)
-    gallery = encode_gallery(run.model, dataset, list(range(len(dataset))), run.transform, progress=progress)
-    current = [r for r, _, _ in episodes]
-    targets = [t for _, t, _ in episodes]
-    found_k: list[int | None] = [None] * len(episodes)
-    found_1: list[int | None] = [None] * len(episodes)
-    left = [s for _, _, s in episodes]
-    rows = [{"turn": 0, "success@k": 0.0, "success@1": 0.0, "mean_steps_left": float(np.mean(left))}]
-    examples: list[list[dict[str, Any]]] = [[] for _ in episodes]
-    for turn in range(1, config.turns + 1):
-        active = [e for e in range(len(episodes)) if found_k[e] is None]
-        if active:
-            texts = [describe_difference(objects[current[e]], objects[targets[e]]) for e in active]
-            queries = encode_queries(run.model, dataset, [current[e] for e in active], texts, run.transform,
-                                     progress=False)
-            exclude = np.array([current[e] for e in active], dtype=np.int64)
-            _, top = topk_chunked(queries, gallery, config.k, exclude=exclude)
-            for row, e in enumerate(active):
-                ranked = top[row].tolist()
-                hits = [i for i, p in enumerate(ranked) if labels[p] == labels[targets[e]]]
-                examples[e].append({"reference": current[e], "text": texts[row], "top1": ranked[0],
-                                    "target_rank": hits[0] + 1 if hits else None})
-                if hits:
-                    found_k[e] = turn
-                    found_1[e] = turn if hits[0] == 0 else None
-                    left[e] = 0
-                else:
-                    current[e] = ranked[0]
-                    left[e] = steps_between(objects[current[e]], objects[targets[e]])
-        rows.append({"turn": turn,
-                     "success@k": float(np.mean([f is not None for f in found_k])),
-                     "success@1": float(np.mean([f is not None for f in found_1])),
-                     "mean_steps_left": float(np.mean(left))})
+    user = require_simulated_user(dataset)
+    episodes = sample_episodes(user, config)
+    played = simulate(user, episodes, model_search(run, dataset, progress), config.turns, config.k)
     steps = [s for _, _, s in episodes]
     return {"config": asdict(config), "episodes": len(episodes), "gallery": len(dataset), "split": dataset.split,
-            "steps_histogram": {str(s): steps.count(s) for s in sorted(set(steps))}, "turns": rows,
-            "examples": [{"reference": r, "target": t, "steps": s, "turns": examples[e]}
-                         for e, (r, t, s) in enumerate(episodes[:5])],
+            "steps_histogram": {str(s): steps.count(s) for s in sorted(set(steps))},
+            "turns": success_by_turn(played, config.turns),
+            "examples": [asdict(e) for e in played[:5]],
             "protocol": (f"simulated user: {len(episodes)} (reference, target) pairs {config.min_steps}-"
-                         f"{config.max_steps or config.turns} edit steps apart; one describe_difference text per "
-                         f"turn; the best result becomes the next reference; success = an image of the target's "
-                         f"scene in the top {config.k}; the current reference is excluded from its results")}
+                         f"{config.max_steps or config.turns} edit steps apart; one difference text per turn; the "
+                         f"best result becomes the next reference; success = an image with the target's label in "
+                         f"the top {config.k}; the current reference is excluded from its results")}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -152,41 +188,3 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{row['turn']:>4}  {100 * row['success@k']:10.1f}%  {100 * row['success@1']:8.1f}%  "
                      f"{row['mean_steps_left']:10.2f}")
     return "\n".join(lines)
-
-
-def success_curve_png(result: dict[str, Any], path: str | Path) -> Path:
-    """Success@K and @1 against the turn, drawn with PIL (matplotlib is not a dependency)."""
-    width, height, left, right, top, bottom = 720, 440, 70, 170, 50, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = drawing.font(16), drawing.font(13)
-    rows = result["turns"]
-    turns = max(1, rows[-1]["turn"])
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def xy(turn: float, value: float) -> tuple[float, float]:
-        return left + plot_w * turn / turns, top + plot_h * (1 - value)
-
-    k = result["config"]["k"]
-    draw.text((left, 14), f"Interactive retrieval: success by turn ({result['episodes']} episodes)", fill="black",
-              font=font)
-    for pct in range(0, 101, 20):
-        y = xy(0, pct / 100)[1]
-        draw.line([(left, y), (left + plot_w, y)], fill=(228, 231, 236))
-        draw.text((left - 44, y - 8), f"{pct}%", fill="black", font=small)
-    for row in rows:
-        x = xy(row["turn"], 0)[0]
-        draw.line([(x, top + plot_h), (x, top + plot_h + 5)], fill="black")
-        draw.text((x - 4, top + plot_h + 10), str(row["turn"]), fill="black", font=small)
-    draw.line([(left, top), (left, top + plot_h), (left + plot_w, top + plot_h)], fill="black", width=2)
-    draw.text((left + plot_w / 2 - 20, height - 28), "turn", fill="black", font=small)
-    series = (("success@k", (47, 111, 236), f"target in top {k}"), ("success@1", (226, 104, 38), "target at rank 1"))
-    for i, (key, colour, label) in enumerate(series):
-        points = [xy(r["turn"], r[key]) for r in rows]
-        draw.line(points, fill=colour, width=3)
-        for x, y in points:
-            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
-        legend_y = top + 8 + 24 * i
-        draw.line([(left + plot_w + 14, legend_y + 7), (left + plot_w + 34, legend_y + 7)], fill=colour, width=3)
-        draw.text((left + plot_w + 40, legend_y), f"{label}", fill="black", font=small)
-    return drawing.save_png(image, path)
