@@ -178,3 +178,12 @@ def test_subset_first_hit_ranks_match_brute_force_with_ties_labels_and_exclusion
     # ties between candidates follow gallery positions, not the order of the candidate list
     tied = subset_ranks(torch.ones(1, 2), torch.ones(3, 2), [np.array([2, 0, 1])], np.array([1]))
     assert tied.tolist() == [1]
+
+
+def test_count_passes_in_row_slices_smaller_than_a_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recall, "DEFAULT_CHUNK_ELEMENTS", 120)  # count buffer: 2 rows of the 60-item gallery
+    g, q, exclude, rng = tie_heavy(3)
+    ql, gl = rng.integers(0, 5, size=25), rng.integers(0, 5, size=60)
+    for chunk in (7, None):  # chunks of 7 rows; None: 2 rows x the thread scale
+        got = first_hit_ranks(torch.from_numpy(q), torch.from_numpy(g), {"l": ql}, {"l": gl}, exclude, chunk=chunk)
+        np.testing.assert_array_equal(got["l"], brute_force_ranks(q, g, ql, gl, exclude))

@@ -19,14 +19,18 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 24  # chunk x gallery scores held at once (64 MB of float32)
+DEFAULT_CHUNK_ELEMENTS = 1 << 24  # chunk x gallery scores held at once per 2 threads (64 MB of float32)
+#: Each chunk's matrix product reads the whole gallery, so many threads need taller chunks to keep busy (bench:
+#: 167-row chunks of a 100K gallery matched one full product on 2 threads, not on 16); at most 8x the default.
+MAX_CHUNK_SCALE = 8
 #: A chunk gathers its queries' same-label gallery scores one by one while they number at most this share of
 #: the chunk's scores; above it (labels shared by a large part of the gallery) one dense label mask is cheaper.
 SPARSE_SHARE = 1 / 8
 
 
 def _chunk_size(num_gallery: int, chunk: int | None) -> int:
-    return chunk or max(1, DEFAULT_CHUNK_ELEMENTS // max(1, num_gallery))
+    scale = min(MAX_CHUNK_SCALE, max(1, torch.get_num_threads() // 2))
+    return chunk or max(1, scale * DEFAULT_CHUNK_ELEMENTS // max(1, num_gallery))
 
 
 def _score_chunks(queries: torch.Tensor, gallery: torch.Tensor, exclude: np.ndarray | None, chunk: int | None
@@ -99,9 +103,12 @@ def _ranks_of(scores: torch.Tensor, best: torch.Tensor, best_pos: torch.Tensor, 
     """0-based rank of the item (best, best_pos) of each row under the tie rule; -1 where best_pos is past the end."""
     n, ng = scores.shape
     threshold = best[:, None]
-    out = buffer[:n]
-    ranks = torch.gt(scores, threshold, out=out).sum(dim=1).long()
-    tied = torch.eq(scores, threshold, out=out).sum(dim=1)
+    ranks, tied = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=buffer.dtype)
+    for lo in range(0, n, len(buffer)):  # the buffer holds a slice of the chunk's rows
+        hi = min(n, lo + len(buffer))
+        out = buffer[:hi - lo]
+        ranks[lo:hi] = torch.gt(scores[lo:hi], threshold[lo:hi], out=out).sum(dim=1).long()
+        tied[lo:hi] = torch.eq(scores[lo:hi], threshold[lo:hi], out=out).sum(dim=1)
     found = best_pos < ng
     several = torch.nonzero(found & (tied > 1)).squeeze(1)  # ties at the hit's score: earlier positions rank ahead
     if len(several):
@@ -123,7 +130,8 @@ def first_hit_ranks(queries: torch.Tensor, gallery: torch.Tensor, query_labels: 
     nq = queries.shape[0]
     groups = {kind: _LabelGroups(q_labels, gallery_labels[kind]) for kind, q_labels in query_labels.items()}
     out = {k: np.empty(nq, dtype=np.int64) for k in query_labels}
-    buffer = _count_buffer(min(nq, _chunk_size(gallery.shape[0], chunk)), gallery.shape[0])
+    ng = gallery.shape[0]
+    buffer = _count_buffer(max(1, min(nq, _chunk_size(ng, chunk), DEFAULT_CHUNK_ELEMENTS // max(1, ng))), ng)
     for start, stop, scores in _score_chunks(queries, gallery, exclude, chunk):
         for kind, group in groups.items():
             out[kind][start:stop] = _ranks_of(scores, *group.best_hits(scores, start, stop), buffer)
