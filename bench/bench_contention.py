@@ -15,7 +15,8 @@ any environment variable, e.g. `old:GOMP_SPINCOUNT=10000` or `new:threads=1`.
 Prints one markdown row per run (iterations/s and the ratio to the same policy's quiet run), the targets
 (new policy: >= 40% of quiet beside one competitor of either kind, quiet throughput within 10% of old), and
 the whole result as one JSON line at the end. `--cores N` pins this run and its competitors to N CPUs, to
-reproduce a small machine on a big one.
+reproduce a small machine on a big one. The old policy can collapse far below fair share (on 2 pinned cores of a
+16-core host, beside the busy loop: 0.087 of quiet), so its contended rows take the longest.
 
     python bench/bench_contention.py [--iters 60] [--cores 2] [--policies old,new]
     python bench/bench_contention.py --iters 5 --train-images 100   # smoke test
