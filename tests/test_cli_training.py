@@ -192,24 +192,31 @@ def test_empty_modification_text_in_css_file_is_rejected(tmp_path: Path, tiny_cs
         build_dataset("css", tmp_path, "test", preload=False)
 
 
-def test_demo_writes_report_chart_and_examples(tmp_path: Path) -> None:
+def test_demo_writes_report_charts_and_examples(tmp_path: Path) -> None:
     from PIL import Image
+
+    from cirlab.evaluation.plots import SIZE
 
     out = tmp_path / "demo"
     proc = cirlab("demo", "--out", str(out), "--iters", "4", "--minutes", "5", "--train-images", "120",
                   "--test-images", "60")
-    for name in ("report.md", "recall.png", "examples.png"):
+    for name in ("report.md", "recall.png", "training.png", "examples.png"):
         assert (out / name).is_file() and str(out / name) in proc.stdout, name
     result = json.loads((out / "run" / "eval_test.json").read_text())
-    assert json.loads((out / "run" / "metrics.json").read_text())["iterations"] == 4
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert metrics["iterations"] == 4
+    assert [e["iteration"] for e in metrics["history"] if "eval" in e] == [1, 2, 3, 4]  # the curve's recall points
     assert result["queries"] > 0 and result["gallery"] == 60
     report = (out / "report.md").read_text()
     assert f"| {100 * result['recall@1']:.2f} | {100 * result['recall@5']:.2f} |" in report
+    assert "![training curve](training.png)" in report and "at the 4 evaluations made during training" in report
     recall_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("Recall@1 "))
     assert float(recall_line.split()[-1]) == round(100 * result["recall@1"], 2)
     with Image.open(out / "examples.png") as grid:
         assert grid.width > 600 and grid.height > 6 * 112
-    with Image.open(out / "recall.png") as chart:
-        assert chart.size[1] == 360
+    for chart in ("recall.png", "training.png"):
+        with Image.open(out / chart) as png:
+            png.load()
+            assert png.format == "PNG" and png.size == SIZE, chart
     again = cirlab("demo", "--out", str(out), "--iters", "4", "--minutes", "5")
     assert "reusing the finished run" in again.stdout

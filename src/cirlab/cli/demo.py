@@ -1,7 +1,8 @@
 """`cirlab demo`: the embedded default end to end — generate CSS, train TIRG, evaluate, write a report.
 
 Layout of the output directory (default `runs/demo/`): `data/` (the CSS set), `run/` (the trained run
-directory), `report.md`, `recall.png`, `examples.png`, and `.cirlab-demo` (marks the folder as the demo's). A
+directory), `report.md`, `recall.png`, `training.png`, `examples.png`, and `.cirlab-demo` (marks the folder as
+the demo's). The run is evaluated on the test split `DEMO_EVALS` times while it trains, for the training curve. A
 finished run is reused on a second call (use `--fresh` to train again); an interrupted one is resumed from its
 checkpoint. A folder without the marker that already holds any of those names is refused unless `--force`.
 """
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from cirlab.datasets.css import CSS_FILE
-from cirlab.evaluation import evaluate_run
+from cirlab.evaluation import evaluate_run, make_eval_fn
 from cirlab.training import TrainConfig, Trainer, load_run, open_dataset
 from cirlab.training.checkpoint import has_checkpoint
 from cirlab.training.recipes import recipe
@@ -27,7 +28,9 @@ from cirlab.utils.threads import add_threads_argument
 DEMO_ITERS = 3000
 DEMO_MINUTES = 7.0
 MARKER = ".cirlab-demo"
-LAYOUT = ("data", "run", "report.md", "recall.png", "examples.png")
+#: Evaluations during training (the last at the end), the points of the training curve's recall.
+DEMO_EVALS = 6
+LAYOUT = ("data", "run", "report.md", "recall.png", "training.png", "examples.png")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,9 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def demo_config(data_root: Path, args: argparse.Namespace) -> TrainConfig:
-    """The `demo` recipe with this run's data, length (lr x0.1 after 75% of it), seed, budget and model."""
+    """The `demo` recipe with this run's data, length (lr x0.1 after 75% of it), seed, budget and model, evaluated
+    `DEMO_EVALS` times (the evaluations count against the time budget)."""
     return recipe("demo", data_root=str(data_root), iters=args.iters, lr_decay_every=int(args.iters * 0.75),
-                  seed=args.seed, minutes=args.minutes, model={"name": args.model})
+                  eval_every=max(1, -(-args.iters // DEMO_EVALS)), seed=args.seed, minutes=args.minutes,
+                  model={"name": args.model})
 
 
 def claim_out_dir(out: Path, force: bool) -> None:
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         config = demo_config(data_root, args)
         print(f"[2/4] training {config.model.name} ({config.model.image_encoder} + LSTM) for up to {config.iters} "
               f"iterations or {config.minutes:g} minutes{' (resuming)' if resume else ''}")
-        summary = Trainer(config, run_dir, evaluate=None).train(resume=resume)
+        summary = Trainer(config, run_dir, evaluate=make_eval_fn(config, progress=False)).train(resume=resume)
         if summary["interrupted"]:
             print(f"interrupted; run `cirlab demo --out {out}` again to resume")
             return 130
@@ -101,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(run_dir / "eval_test.json", result)
     print("[4/4] writing the report")
     loaded = load_run(run_dir)
-    paths = write_report(out, loaded, open_dataset(loaded.config, "test"), result, summary)
+    paths = write_report(out, loaded, open_dataset(loaded.config, "test"), result, summary,
+                         history=read_metrics(run_dir).get("history", []))
     print()
     for k in (1, 5, 10, 50, 100):
         print(f"  Recall@{k:<4} {100 * result[f'recall@{k}']:6.2f}")

@@ -1,4 +1,4 @@
-"""Small PIL helpers shared by the reports' pictures (no plotting library is a dependency)."""
+"""Small PIL helpers for the pictures composed from images (the report's example grid); charts are in `plots`."""
 
 from __future__ import annotations
 

@@ -102,9 +102,10 @@ def training_curve_png(history: Sequence[Mapping[str, Any]], path: str | Path, t
         for key in keys:
             points = [(i, 100 * m[key]) for i, m in evals if isinstance(m.get(key), int | float)]
             recall_axes.plot([i for i, _ in points], [v for _, v in points], marker="o", label=key)
+        recall_axes.set_ylim(0, 102)
         recall_axes.set_ylabel("eval recall (%)")
         recall_axes.grid(color="#e4e7ec")
-        recall_axes.legend(loc="lower right", fontsize="small", ncols=min(len(keys), 5) or 1)
+        recall_axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
         recall_axes.set_xlabel("iteration")
     else:
         loss_axes.set_xlabel("iteration")

@@ -1,12 +1,14 @@
-"""A human-readable report of a trained run: `report.md`, a Recall@K bar chart and a grid of real retrievals.
+"""A human-readable report of a trained run: `report.md`, a Recall@K bar chart, the training curve and a grid
+of real retrievals.
 
-Pictures are drawn with PIL alone (no plotting library is a dependency). The example grid shows, for a few
-test queries, the reference image, the modification text and the top-5 results, each result framed green
-when it is a hit under the dataset's protocol and red when it is not.
+The charts are matplotlib's (`cirlab.evaluation.plots`); the example grid is composed with PIL: for a few test
+queries, the reference image, the modification text and the top-5 results, each result framed green when it is
+a hit under the dataset's protocol and red when it is not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +19,12 @@ from PIL import Image, ImageDraw
 from cirlab.datasets import CIRDataset, EvalSet
 from cirlab.evaluation import drawing
 from cirlab.evaluation.evaluator import encode_gallery, encode_queries
+from cirlab.evaluation.plots import recall_bar_chart, training_curve_png
 from cirlab.evaluation.recall import topk_chunked
 from cirlab.training import LoadedRun
 from cirlab.utils.io import write_text_atomic
 
-HIT, MISS, INK, BAR = (30, 160, 60), (210, 50, 50), (30, 30, 30), (60, 110, 200)
-
-
-def recall_bar_chart(metrics: dict[str, float], title: str, path: Path) -> Path:
-    """A bar per Recall@K (percent), labelled with its value."""
-    keys = [k for k in metrics if k.startswith("recall@")]
-    width, height, margin = 120 + 90 * len(keys), 360, 50
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    font, small = drawing.font(16), drawing.font(13)
-    draw.text((margin, 12), title, fill=INK, font=font)
-    base_y, top_y = height - margin, 60
-    draw.line([(margin, base_y), (width - 20, base_y)], fill=INK, width=2)
-    for pct in (0, 25, 50, 75, 100):
-        y = base_y - (base_y - top_y) * pct / 100
-        draw.line([(margin - 5, y), (width - 20, y)], fill=(225, 225, 225))
-        draw.text((8, y - 7), f"{pct}%", fill=INK, font=small)
-    for i, key in enumerate(keys):
-        value = 100 * metrics[key]
-        x0 = margin + 30 + 90 * i
-        y0 = base_y - (base_y - top_y) * value / 100
-        draw.rectangle([x0, y0, x0 + 50, base_y], fill=BAR)
-        draw.text((x0, y0 - 18), f"{value:.1f}", fill=INK, font=small)
-        draw.text((x0, base_y + 8), key.replace("recall", "R"), fill=INK, font=small)
-    return drawing.save_png(img, path)
+HIT, MISS, INK = (30, 160, 60), (210, 50, 50), (30, 30, 30)
 
 
 def _pick_queries(eval_set: EvalSet, count: int, seed: int) -> list[int]:
@@ -96,17 +75,31 @@ def recall_table(metrics: dict[str, float]) -> str:
     return "\n".join([head, rule, row])
 
 
+def training_section(history: Sequence[Mapping[str, Any]], split: str) -> list[str]:
+    """The report's lines about `training.png`: what it shows, and whether evaluations were made during training."""
+    evaluations = sum(isinstance(e.get("eval"), Mapping) for e in history)
+    what = (f"with Recall@K on the {split} split at the {evaluations} evaluations made during training below it"
+            if evaluations else "(no evaluation was made during training, so only the loss is drawn)")
+    return ["## Training curve", "", f"Training loss against the iteration, {what}.", "",
+            "![training curve](training.png)", ""]
+
+
 def write_report(out_dir: str | Path, run: LoadedRun, dataset: CIRDataset, result: dict[str, Any],
-                 summary: dict[str, Any]) -> dict[str, Path]:
-    """Write report.md, recall.png and examples.png into `out_dir`; returns their paths."""
+                 summary: dict[str, Any], history: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Path]:
+    """Write report.md, recall.png, examples.png and, given the run's metrics.json `history`, training.png
+    into `out_dir`; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {k: v for k, v in result.items() if "recall" in k and isinstance(v, float)}
     cfg = run.config
     title = f"{cfg.model.name} on {cfg.dataset} ({result['split']}): Recall@K"
-    chart = recall_bar_chart(metrics, title, out / "recall.png")
+    paths = {"report": out / "report.md", "recall chart": recall_bar_chart(metrics, title, out / "recall.png")}
+    if history is not None:
+        paths["training curve"] = training_curve_png(history, out / "training.png",
+                                                     f"{cfg.model.name} on {cfg.dataset}: training",
+                                                     source=str(run.run_dir / "metrics.json"))
     torch.manual_seed(0)
-    grid = example_grid(run, dataset, out / "examples.png")
+    paths["examples"] = example_grid(run, dataset, out / "examples.png")
     lines = [
         f"# cirlab report: {cfg.model.name} on {cfg.dataset}",
         "",
@@ -123,6 +116,7 @@ def write_report(out_dir: str | Path, run: LoadedRun, dataset: CIRDataset, resul
         "",
         "![Recall@K](recall.png)",
         "",
+        *(training_section(history, cfg.eval_split) if history is not None else []),
         "## Example retrievals",
         "",
         "Reference image and text on the left, the top-5 results on the right: a green frame is a correct result "
@@ -131,6 +125,5 @@ def write_report(out_dir: str | Path, run: LoadedRun, dataset: CIRDataset, resul
         "![examples](examples.png)",
         "",
     ]
-    report = out / "report.md"
-    write_text_atomic(report, "\n".join(lines))
-    return {"report": report, "recall chart": chart, "examples": grid}
+    write_text_atomic(paths["report"], "\n".join(lines))
+    return paths
