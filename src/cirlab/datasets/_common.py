@@ -85,7 +85,7 @@ def list_images(folder: Path, suffixes: tuple[str, ...] = (".png", ".jpg", ".jpe
 
 
 @dataclass
-class Query:
+class EvalQuery:
     """One test query before assembly: image indices (not gallery positions) and integer labels."""
 
     source: int
@@ -196,7 +196,8 @@ class ImageListDataset(CIRDataset):
     def build_eval_sets(self) -> list[EvalSet]:
         raise NotImplementedError
 
-    def assemble(self, name: str, queries: list[Query], gallery: Sequence[int], gallery_labels: dict[str, np.ndarray],
+    def assemble(self, name: str, queries: list[EvalQuery], gallery: Sequence[int],
+                 gallery_labels: dict[str, np.ndarray],
                  *, exclude_source: bool, target_must_exist: bool, ks: tuple[int, ...], protocol: str,
                  subset_ks: tuple[int, ...] = (1, 2, 3), info: dict[str, Any] | None = None) -> EvalSet:
         """Build an EvalSet from image-indexed queries, applying the missing-image policy first.
@@ -206,7 +207,7 @@ class ImageListDataset(CIRDataset):
         """
         missing = self.missing_mask()
 
-        def unusable(q: Query) -> bool:
+        def unusable(q: EvalQuery) -> bool:
             return bool(missing[q.source] or (target_must_exist and q.target >= 0 and missing[q.target]))
 
         bad = [q for q in queries if unusable(q)]

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from cirlab.datasets._common import (
+    EvalQuery,
     ImageListDataset,
-    Query,
     check_split,
     entry_error,
     reject_unknown_options,
@@ -69,7 +69,7 @@ class CIRRDataset(ImageListDataset):
         self.queries = self._read_captions(self.captions_path, index, has_target=split != "test1")
         self._pairs: list[TrainPair] | None = None
 
-    def _read_captions(self, path: Path, index: dict[str, int], has_target: bool) -> list[Query]:
+    def _read_captions(self, path: Path, index: dict[str, int], has_target: bool) -> list[EvalQuery]:
         entries = read_json(path, "CIRR captions file")
         if not isinstance(entries, list):
             raise CirlabError(f"malformed CIRR captions file {path}: expected a list of objects")
@@ -99,8 +99,8 @@ class CIRRDataset(ImageListDataset):
             source = index[names["reference"]]
             target = index[names["target_hard"]] if has_target else -1
             candidates = [index[m] for m in dict.fromkeys(members) if index[m] != source]
-            out.append(Query(source, entry["caption"], {"target": target}, target=target,
-                             query_id=str(entry["pairid"]), candidates=candidates))
+            out.append(EvalQuery(source, entry["caption"], {"target": target}, target=target,
+                                 query_id=str(entry["pairid"]), candidates=candidates))
         return out
 
     def listed_pairs(self) -> list[TrainPair]:

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from cirlab.datasets._common import (
+    EvalQuery,
     ImageListDataset,
-    Query,
     as_bool,
     check_split,
     read_text_lines,
@@ -180,7 +180,7 @@ class Fashion200kDataset(ImageListDataset):
         return out
 
     def build_eval_sets(self) -> list[EvalSet]:
-        queries = [Query(s, self.query_text(s, t), {"caption": int(self.caption_ids[t])}, target=t)
+        queries = [EvalQuery(s, self.query_text(s, t), {"caption": int(self.caption_ids[t])}, target=t)
                    for s, t in self.test_queries()]
         text = "target caption" if self.complete_text_query else "'replace X with Y'"
         return [self.assemble(

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from cirlab.datasets._common import (
+    EvalQuery,
     ImageListDataset,
-    Query,
     check_split,
     entry_error,
     list_images,
@@ -254,7 +254,7 @@ class FashionIQDataset(ImageListDataset):
         for cat in self.categories:
             gallery = self.gallery(cat)
             labels, label_of = self._hit_labels(gallery)
-            queries = [Query(t.source, self.text(t), {"target": label_of(t.target)}, target=t.target)
+            queries = [EvalQuery(t.source, self.text(t), {"target": label_of(t.target)}, target=t.target)
                        for t in self.triplets if t.category == cat]
             out.append(self.assemble(
                 cat, queries, gallery, {"target": labels},

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from cirlab.datasets._common import (
+    EvalQuery,
     ImageListDataset,
-    Query,
     as_bool,
     check_sampling,
     check_split,
@@ -150,9 +150,9 @@ class MITStatesDataset(ImageListDataset):
         return [(i, adj) for i in range(len(self)) for adj in noun_adjs[self.nouns[i]] if adj != self.adjs[i]]
 
     def build_eval_sets(self) -> list[EvalSet]:
-        queries = [Query(i, self.query_text(adj, self.nouns[i]),
-                         {"caption": self.caption_vocab[f"{adj} {self.nouns[i]}"], "adj": self.adj_vocab[adj],
-                          "noun": self.noun_vocab[self.nouns[i]]})
+        queries = [EvalQuery(i, self.query_text(adj, self.nouns[i]),
+                             {"caption": self.caption_vocab[f"{adj} {self.nouns[i]}"], "adj": self.adj_vocab[adj],
+                              "noun": self.noun_vocab[self.nouns[i]]})
                    for i, adj in self.test_queries()]
         labels = {"caption": np.array([self.caption_vocab[c] for c in self.captions], dtype=np.int64),
                   "adj": np.array([self.adj_vocab[a] for a in self.adjs], dtype=np.int64),

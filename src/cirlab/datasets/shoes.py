@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from cirlab.datasets._common import (
+    EvalQuery,
     ImageListDataset,
-    Query,
     check_split,
     entry_error,
     read_text_lines,
@@ -94,7 +94,7 @@ class ShoesDataset(ImageListDataset):
 
     def build_eval_sets(self) -> list[EvalSet]:
         gallery = list(range(len(self)))
-        queries = [Query(s, text, {"target": t}, target=t) for s, text, t in self.triplets]
+        queries = [EvalQuery(s, text, {"target": t}, target=t) for s, text, t in self.triplets]
         return [self.assemble(
             self.split, queries, gallery, {"target": np.array(gallery, dtype=np.int64)}, exclude_source=True,
             target_must_exist=True, ks=(1, 10, 50),
