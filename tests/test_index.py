@@ -11,7 +11,7 @@ import torch
 from _index_helpers import make_image_dir, make_tiny_run
 
 from cirlab.cli.main import main
-from cirlab.index import GalleryIndex, Query, Retriever, build_index, choose_kind, make_searcher
+from cirlab.index import ComposedQuery, GalleryIndex, Retriever, build_index, choose_kind, make_searcher
 from cirlab.index import store as store_module
 from cirlab.index.gallery import GalleryItem, source_from_dataset, source_from_directory
 from cirlab.training import load_run, open_dataset
@@ -153,7 +153,7 @@ def test_uploaded_style_query_ranks_the_identical_gallery_image_first(tiny_run: 
     # a composed query equal to a gallery vector must come back first with score 1
     scores, positions = retriever.index.searcher.search(np.array(vectors[4:5]), 1)
     assert positions[0, 0] == 4 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
-    hits = retriever.search([Query(retriever.reference_image(retriever.index.items[0].id), "add red cube")], 3)
+    hits = retriever.search([ComposedQuery(retriever.reference_image(retriever.index.items[0].id), "add red cube")], 3)
     assert len(hits[0]) == 3
 
 

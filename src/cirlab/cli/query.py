@@ -26,14 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cirlab.datasets.base import load_rgb
-    from cirlab.index import Query, Retriever
+    from cirlab.index import ComposedQuery, Retriever
 
     if args.k < 1:
         raise CirlabError(f"-k must be >= 1, got {args.k}")
     if not args.text.strip():
         raise CirlabError("--text is empty")
     retriever = Retriever.open(args.index_dir, args.run)
-    query = retriever.query_for_id(args.id, args.text) if args.id else Query(load_rgb(args.image), args.text)
+    query = retriever.query_for_id(args.id, args.text) if args.id else ComposedQuery(load_rgb(args.image), args.text)
     hits = retriever.search([query], args.k)[0]
     if args.json:
         print_json_line({"reference": args.id or str(args.image), "text": args.text,

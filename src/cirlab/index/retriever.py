@@ -26,7 +26,7 @@ class Hit:
 
 
 @dataclass
-class Query:
+class ComposedQuery:
     """One composed query: a reference image, the change in words, and optionally the gallery id it came from."""
 
     image: Image.Image
@@ -78,13 +78,13 @@ class Retriever:
         """The pixels of a gallery image, read from the path the index stores for `item_id`."""
         return load_rgb(self.index.item(item_id).path)
 
-    def query_for_id(self, item_id: str, text: str) -> Query:
-        return Query(self.reference_image(item_id), text, item_id)
+    def query_for_id(self, item_id: str, text: str) -> ComposedQuery:
+        return ComposedQuery(self.reference_image(item_id), text, item_id)
 
-    def compose(self, queries: list[Query]) -> np.ndarray:
+    def compose(self, queries: list[ComposedQuery]) -> np.ndarray:
         return self.run.compose([q.image for q in queries], [q.text for q in queries]).float().cpu().numpy()
 
-    def search(self, queries: list[Query], k: int | Sequence[int]) -> list[list[Hit]]:
+    def search(self, queries: list[ComposedQuery], k: int | Sequence[int]) -> list[list[Hit]]:
         """Top-k gallery images for each query (`k` one for all, or one per query); a gallery reference never
         ranks as its own result. Ties rank by gallery position, so a query's results depend only on itself and
         its k, not on the batch it was searched in."""

@@ -41,8 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cirlab import __version__
-from cirlab.index import Hit, Retriever, is_valid_id
-from cirlab.index import Query as SearchQuery
+from cirlab.index import ComposedQuery, Hit, Retriever, is_valid_id
 from cirlab.index.gallery import ID_PATTERN
 from cirlab.index.store import index_stamp
 from cirlab.utils.errors import CirlabError
@@ -178,7 +177,7 @@ class SearchBatcher:
         self.retriever = retriever
         self.max_batch = max_batch
         self.reload_check_s = reload_check_s
-        self._queue: queue.Queue[tuple[SearchQuery, int, Future]] = queue.Queue()
+        self._queue: queue.Queue[tuple[ComposedQuery, int, Future]] = queue.Queue()
         self.batches = 0
         self.queries = 0
         self.reloads = 0
@@ -192,7 +191,7 @@ class SearchBatcher:
         """Queries waiting for the worker."""
         return self._queue.qsize()
 
-    async def search(self, query: SearchQuery, k: int) -> list[Hit]:
+    async def search(self, query: ComposedQuery, k: int) -> list[Hit]:
         future: Future = Future()
         self._queue.put((query, k, future))
         return await asyncio.wrap_future(future)
@@ -629,7 +628,7 @@ async def search(request: Request, state: Served,
             pil, (width, height) = await run_in_threadpool(decode_upload, data, limits, state.upload_side)
         finally:
             state.decodes.release()
-        query = SearchQuery(pil, text)
+        query = ComposedQuery(pil, text)
         reference = {"upload": {"width": width, "height": height}}
     hits = await state.batcher.search(query, k)
     return {"query": {"reference": reference, "text": text, "k": k}, "results": [_hit_json(h) for h in hits],
@@ -727,7 +726,7 @@ def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts
     return app
 
 
-def _gallery_query(retriever: Retriever, item_id: str, text: str) -> SearchQuery:
+def _gallery_query(retriever: Retriever, item_id: str, text: str) -> ComposedQuery:
     try:
         return retriever.query_for_id(item_id, text)
     except Exception as exc:  # the file behind a valid id went missing or is corrupt: the server's problem
