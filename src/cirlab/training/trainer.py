@@ -200,7 +200,9 @@ class Trainer:
                          **({"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {})})
         save_model(self.run_dir, self.model)
 
-    def run_eval(self, iteration: int, writer: Any) -> dict[str, Any] | None:
+    def evaluate_now(self, iteration: int, writer: Any) -> dict[str, Any] | None:
+        """Call the `evaluate` callback on the model as it is at `iteration` (None without one); the result goes to
+        the history and TensorBoard, and the RNG state and train mode are restored so training continues exactly."""
         if self.evaluate is None:
             return None
         rng = torch.get_rng_state()
@@ -282,7 +284,7 @@ class Trainer:
                     self.history.append({"iteration": iteration, "loss": loss.item(), **values,
                                          "elapsed_s": round(self.elapsed, 2)})
                 if cfg.eval_every and iteration % cfg.eval_every == 0 and iteration < cfg.iters:
-                    self.run_eval(iteration, writer)
+                    self.evaluate_now(iteration, writer)
                 if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0:
                     self.checkpoint(iteration)
                 out_of_time = bool(cfg.minutes) and self.elapsed > cfg.minutes * 60
@@ -300,7 +302,7 @@ class Trainer:
         summary: dict[str, Any] = {"iterations": iteration, "train_seconds": round(self.elapsed, 1),
                                    "interrupted": interrupted}
         if not interrupted:
-            result = self.run_eval(iteration, writer)
+            result = self.evaluate_now(iteration, writer)
             if result is not None:
                 summary.update(result)
                 self.checkpoint(iteration)
