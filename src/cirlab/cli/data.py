@@ -26,17 +26,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     css.add_argument("--force", action="store_true",
                      help="replace a different CSS set already in --out (without it, that is refused; the same "
                           "settings are a no-op)")
-    css.set_defaults(handler=run_css)
+    css.set_defaults(handler=handle_css)
     stats = dsub.add_parser("stats", help="pairs, queries, gallery and missing images per split")
     stats.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS.names())}")
     stats.add_argument("--data-root", required=True)
     stats.add_argument("--split", action="append", help="split(s) to count (default: the dataset's)")
     stats.add_argument("--dataset-option", action="append", metavar="KEY=VALUE")
     stats.add_argument("--json", action="store_true")
-    stats.set_defaults(handler=run_stats)
+    stats.set_defaults(handler=handle_stats)
 
 
-def run_css(args: argparse.Namespace) -> int:
+def handle_css(args: argparse.Namespace) -> int:
     """Generate into --out; an identical set there is kept as it is, a different one is refused unless --force."""
     from cirlab.datasets.css_synth import PAPER_SCALE, CSSSynthConfig, existing_set, generate_css
 
@@ -95,7 +95,7 @@ def stats_table(result: dict[str, Any]) -> str:
     return "\n".join([f"{result['dataset']} at {result['data_root']}", *lines, *notes])
 
 
-def run_stats(args: argparse.Namespace) -> int:
+def handle_stats(args: argparse.Namespace) -> int:
     options = parse_key_values(args.dataset_option, "--dataset-option")
     result = dataset_stats(args.dataset, args.data_root, args.split, options)
     print(stats_table(result))

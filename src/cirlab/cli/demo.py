@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into an --out that holds files of the same names not made by the demo")
     add_threads_argument(p)
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
 def demo_config(data_root: Path, args: argparse.Namespace) -> TrainConfig:
@@ -71,7 +71,7 @@ def claim_out_dir(out: Path, force: bool) -> None:
     (out / MARKER).touch()
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     from cirlab.datasets.css_synth import CSSSynthConfig, generate_css
     from cirlab.evaluation.report import write_report
 

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="autocast of the encoders (default fp32; fp16 on CUDA only)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     add_threads_argument(p)
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
 def format_table(result: dict) -> str:
@@ -67,7 +67,7 @@ def unfinished_notice(run_dir: Path) -> str | None:
     return f"cirlab: note: evaluating {weights} from iteration {done} of {iters} ({why}{resume})"
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     options = parse_key_values(args.dataset_option, "--dataset-option")
     if args.skip_missing:
         options["skip_missing"] = True

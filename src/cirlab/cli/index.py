@@ -27,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     add_threads_argument(p)
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     from cirlab.index import build_index, source_from_dataset, source_from_directory
     from cirlab.training import load_run, open_dataset
 

@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where to write interactive_eval.json/.png (default: the run directory)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     add_threads_argument(p)
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     from cirlab.evaluation.interactive import InteractiveConfig, format_table, interactive_eval
     from cirlab.evaluation.plots import success_curve_png
     from cirlab.training import load_run, open_dataset

@@ -21,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, default=None, help="run directory, if it moved since indexing")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     add_threads_argument(p)
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     from cirlab.datasets.base import load_rgb
     from cirlab.index import ComposedQuery, Retriever
 

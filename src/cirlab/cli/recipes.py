@@ -12,10 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="list the shipped training recipes (cirlab train --recipe NAME)")
     p.add_argument("name", nargs="?", help="print one recipe's full configuration")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     if args.name:
         r = load_recipe(args.name)
         print_json_line({"name": r.name, "paper": r.paper, "source": r.source, "train": r.train})

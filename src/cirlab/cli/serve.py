@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, default=None, help="run directory, if it moved since indexing")
     p.add_argument("--demo-dir", type=Path, default=Path("runs/demo"), help="where `cirlab demo` wrote its output")
     add_threads_argument(p)  # torch threads are set by cirlab.cli.main; FAISS gets the same count when given
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
 def is_loopback(host: str) -> bool:
@@ -75,7 +75,7 @@ def allowed_hosts(args: argparse.Namespace) -> set[str] | None:
     return {*LOOPBACK_NAMES, *names, *([bound] if bound and not wildcard else [])}
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise CirlabError(f"--port must be in 1..65535, got {args.port}")
     if args.max_pixels is not None and args.max_pixels < 1:

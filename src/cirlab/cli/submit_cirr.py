@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
     p.add_argument("--force", action="store_true", help="replace submission files of the same names in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
 def write_submissions(files: dict[Path, str]) -> None:
@@ -52,7 +52,7 @@ def output_paths(out: Path, name: str, force: bool) -> tuple[Path, Path]:
     return paths
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     recall_path, subset_path = output_paths(args.out, args.name, args.force)
     model, config = load_model(args.run_dir)
     if config.dataset != "cirr":

@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     seed_flags.add_seed_arguments(p)
     add_threads_argument(p)
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=handle)
 
 
 def model_config_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None = None) -> ModelConfig:
@@ -239,7 +239,7 @@ def run_dir_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None 
     return Path(args.log_dir or seed.train.get("log_dir") or "runs") / name
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     ctx = distributed.init_from_env(resolve_device(args.device))
     seed = seed_flags.resolve(args)
     if ctx.enabled and args.out is None and "out" not in seed.train:
