@@ -222,6 +222,30 @@ def test_concurrent_searches_are_batched_and_answer_like_sequential_ones(retriev
     assert app.state.serving.batcher.queries == 12 and 1 <= app.state.serving.batcher.batches <= 12
 
 
+def test_routes_are_module_level_and_each_app_states_and_applies_its_own_limits(retriever: Retriever) -> None:
+    from fastapi.routing import APIRoute
+
+    import cirlab.serving.app as serving_app
+
+    small = create_app(retriever, Limits(max_text_chars=12, max_k=4, gallery_page=5))
+    for route in small.routes:
+        if isinstance(route, APIRoute):
+            assert getattr(serving_app, route.endpoint.__name__) is route.endpoint, route.path  # not a closure
+    doc = TestClient(small).get("/openapi.json").json()
+    form = doc["components"]["schemas"][doc["paths"]["/api/search"]["post"]["requestBody"]["content"][
+        "multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]]["properties"]
+    assert (form["text"]["maxLength"], form["k"]["maximum"]) == (12, 4)
+    page = next(p for p in doc["paths"]["/api/gallery"]["get"]["parameters"] if p["name"] == "limit")
+    assert page["schema"]["maximum"] == 5
+    http = TestClient(small, raise_server_exceptions=False)
+    assert len(http.get("/api/gallery").json()["items"]) == 5  # the default 48 is cut to the page size
+    assert "limit: Input should be less than or equal to 5" in error_of(http.get("/api/gallery?limit=6"), 422)
+    both = error_of(http.post("/api/search", data={"id": "css_test_000001", "text": "x" * 13, "k": "5"}), 422)
+    assert both == ("text: String should have at most 12 characters; k: Input should be less than or equal to 4")
+    wide = TestClient(create_app(retriever, LIMITS), raise_server_exceptions=False)  # another app, its own limits
+    assert wide.post("/api/search", data={"id": "css_test_000001", "text": "x" * 13, "k": "5"}).status_code == 200
+
+
 def test_serve_without_an_index_uses_the_demo_or_says_to_run_it(tiny_css: Path, tmp_path: Path) -> None:
     with pytest.raises(CirlabError, match="run `cirlab demo` first"):
         demo_index(tmp_path / "demo")
