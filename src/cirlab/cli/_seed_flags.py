@@ -18,21 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cirlab.utils.errors import CirlabError
-
-TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def parse_bool(value: str | bool) -> bool:
-    """The one reading of a boolean flag value: true/false, 1/0, yes/no, on/off (any case)."""
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
-
+from cirlab.utils.options import parse_bool
 
 #: Names the seed commands use for cirlab's datasets and models.
 SEED_DATASETS = {"css3d": "css", "fashionIQ": "fashioniq", "fashioniq": "fashioniq", "fashion200k": "fashion200k",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cirlab.cli import _seed_flags as seed_flags
-from cirlab.cli._options import parse_key_values, print_json_line
+from cirlab.cli._options import check_run_options, options_table, parse_key_values, print_json_line
 from cirlab.datasets import DATASETS
 from cirlab.evaluation import make_cached_eval_fn, make_eval_fn
 from cirlab.losses import LOSSES
@@ -103,6 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    p.add_argument("--list-options", action="store_true",
+                   help="print the options of the chosen model, encoders and dataset (name, type, default, help)")
     seed_flags.add_seed_arguments(p)
     add_threads_argument(p)
     p.set_defaults(handler=handle)
@@ -239,7 +241,17 @@ def run_dir_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None 
     return Path(args.log_dir or seed.train.get("log_dir") or "runs") / name
 
 
+def list_options(args: argparse.Namespace, seed: seed_flags.SeedRun) -> int:
+    """`--list-options`: the typed options of the model, encoders and dataset this command would use."""
+    model = model_config_from_args(args, seed)
+    print(options_table(model.name, model.image_encoder, model.text_encoder,
+                        seed_flags.SEED_DATASETS.get(args.dataset, args.dataset)))
+    return 0
+
+
 def handle(args: argparse.Namespace) -> int:
+    if args.list_options:
+        return list_options(args, seed_flags.resolve(args))
     ctx = distributed.init_from_env(resolve_device(args.device))
     seed = seed_flags.resolve(args)
     if ctx.enabled and args.out is None and "out" not in seed.train:
@@ -254,6 +266,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"resuming {run_dir} with its saved config")
     else:
         config = config_from_file_args(args) if args.recipe or args.config else config_from_args(args, seed)
+        check_run_options(config)  # a misspelt option stops here, before the run directory exists
         check_new_run_dir(run_dir)
         apply_epochs(config, seed, explicit_iters=args.iters is not None)
     if ctx.is_main:

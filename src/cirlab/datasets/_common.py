@@ -1,4 +1,4 @@
-"""Shared pieces of the on-disk benchmark loaders: option checks, the missing-image policy, EvalSet assembly.
+"""Shared pieces of the on-disk benchmark loaders: shared options, the missing-image policy, EvalSet assembly.
 
 Real downloads (FashionIQ, CIRR) are rarely complete, so every loader treats missing images the same way:
 count them before anything runs; with `skip_missing=True` drop the affected queries, pairs and gallery
@@ -12,42 +12,28 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from cirlab.datasets.base import CIRDataset, EvalSet, TrainPair
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option
 
 MISSING_EXAMPLES = 5
 
-
-def as_bool(value: Any, option: str) -> bool:
-    """Read a boolean dataset option given as a bool, 0/1 or a 'true'/'false' string."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
-        return value.strip().lower() in ("true", "yes", "1")
-    raise CirlabError(f"dataset option {option} must be true or false, not {value!r}")
+#: The `sampling` option of the datasets whose released loaders pair queries (TIRG's CSS and MIT-States).
+Sampling = Literal["paired", "independent"]
+SAMPLING_HELP = ("paired: google/tirg's sampler (consecutive queries share a source image); independent: every pair "
+                 "on its own (cirlab <= 0.1)")
 
 
-SAMPLINGS = ("paired", "independent")
+@dataclass
+class ImageListOptions:
+    """The option every image-list benchmark has."""
 
-
-def check_sampling(dataset: str, value: Any) -> str:
-    """The `sampling` option of the datasets whose released loaders pair queries (TIRG's CSS and MIT-States)."""
-    if value not in SAMPLINGS:
-        raise CirlabError(f"{dataset}: dataset option sampling must be one of {', '.join(SAMPLINGS)}, not {value!r}")
-    return str(value)
-
-
-def reject_unknown_options(dataset: str, unknown: dict[str, Any], known: Iterable[str]) -> None:
-    """A misspelt --dataset-option must fail loudly instead of being silently ignored."""
-    if unknown:
-        raise CirlabError(f"{dataset}: unknown dataset option(s) {sorted(unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
+    skip_missing: bool = option(False, "drop the pairs, queries and gallery images whose image files are missing "
+                                       "(default: stop with an error listing them)")
 
 
 def check_split(dataset: str, split: str, allowed: Sequence[str]) -> None:
@@ -104,10 +90,11 @@ class ImageListDataset(CIRDataset):
 
     #: Where the loader looks for images, quoted in missing-image errors.
     layout_hint: ClassVar[str] = ""
+    Options: ClassVar[type] = ImageListOptions
 
-    def __init__(self, root: str | Path, split: str, skip_missing: Any = False, **options: Any) -> None:
-        super().__init__(root, split, skip_missing=skip_missing, **options)
-        self.skip_missing = as_bool(skip_missing, "skip_missing")
+    def __init__(self, root: str | Path, split: str, **options: Any) -> None:
+        super().__init__(root, split, **options)
+        self.skip_missing = self.options.skip_missing
         self.paths: list[Path] = []
         self.names: list[str] = []
         self._missing: np.ndarray | None = None
@@ -199,7 +186,7 @@ class ImageListDataset(CIRDataset):
     def assemble(self, name: str, queries: list[EvalQuery], gallery: Sequence[int],
                  gallery_labels: dict[str, np.ndarray],
                  *, exclude_source: bool, target_must_exist: bool, ks: tuple[int, ...], protocol: str,
-                 subset_ks: tuple[int, ...] = (1, 2, 3), info: dict[str, Any] | None = None) -> EvalSet:
+                 subset_ks: tuple[int, ...] = (1, 2, 3)) -> EvalSet:
         """Build an EvalSet from image-indexed queries, applying the missing-image policy first.
 
         A query is unusable when its reference image (or, if `target_must_exist`, its target) is missing;
@@ -243,7 +230,6 @@ class ImageListDataset(CIRDataset):
             subset_ks=subset_ks,
             query_ids=ids,
             protocol=protocol,
-            info=dict(info or {}),
         )
 
 

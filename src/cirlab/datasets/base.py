@@ -8,7 +8,7 @@ are summarised) is expressed through `EvalSet` and `CIRDataset.summarize`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cirlab.datasets.simulated_user import SimulatedUser
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import NoOptions, parse_options
 from cirlab.utils.registry import Registry
 
 Image.MAX_IMAGE_PIXELS = 64_000_000
@@ -55,7 +56,6 @@ class EvalSet:
     subset_ks: tuple[int, ...] = (1, 2, 3)
     query_ids: list[str] | None = None
     protocol: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_queries(self) -> int:
@@ -66,6 +66,8 @@ class CIRDataset:
     """Base class of every benchmark; subclasses register with `DATASETS.register(name)`."""
 
     name: ClassVar[str] = ""
+    #: The typed dataset options (`--dataset-option`, config.json's dataset_options); `self.options` holds them.
+    Options: ClassVar[type] = NoOptions
     #: Default image side length fed to encoders for this benchmark.
     image_size: ClassVar[int] = 224
     #: Random crops are label-preserving (false for CSS, whose positions carry meaning); used by augment=crop_flip.
@@ -82,7 +84,7 @@ class CIRDataset:
     def __init__(self, root: str | Path, split: str, **options: Any) -> None:
         self.root = Path(root)
         self.split = split
-        self.options = options
+        self.options = parse_options(type(self).Options, options, "dataset", self.name)
 
     # images -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -158,8 +160,10 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def build_dataset(name: str, root: str | Path, split: str, **options: Any) -> CIRDataset:
-    """Instantiate a registered dataset, with a clear error when its root is missing."""
+    """Instantiate a registered dataset, with a clear error when its root is missing (options are checked first:
+    a misspelt option is named even without the data)."""
     cls = DATASETS.get(name)
+    parse_options(cls.Options, options, "dataset", name)
     if not Path(root).exists():
         raise CirlabError(f"--data-root {root} does not exist")
     return cls(root, split, **options)

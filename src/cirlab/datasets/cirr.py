@@ -18,7 +18,6 @@ from cirlab.datasets._common import (
     ImageListDataset,
     check_split,
     entry_error,
-    reject_unknown_options,
     split_stats,
 )
 from cirlab.datasets.base import DATASETS, EvalSet, TrainPair
@@ -43,9 +42,8 @@ class CIRRDataset(ImageListDataset):
     flip_ok = False  # captions say "left" and "right"
     layout_hint = "<root>/<relative path of image_splits>, or <root>/img_raw/<relative path>"
 
-    def __init__(self, root: str | Path, split: str, skip_missing: Any = False, **options: Any) -> None:
-        reject_unknown_options(self.name, options, ("skip_missing",))
-        super().__init__(root, split, skip_missing=skip_missing)
+    def __init__(self, root: str | Path, split: str, **options: Any) -> None:
+        super().__init__(root, split, **options)
         check_split(self.name, split, self.splits)
         ann = self.root / "cirr" if not (self.root / "captions").is_dir() and (self.root / "cirr").is_dir() \
             else self.root
@@ -119,8 +117,7 @@ class CIRRDataset(ImageListDataset):
                                                            "upload `cirlab submit-cirr` files to the CIRR server)"
         return [self.assemble(
             self.split, self.queries, gallery, {"target": np.array(gallery, dtype=np.int64)}, exclude_source=True,
-            target_must_exist=True, ks=(1, 5, 10, 50), subset_ks=(1, 2, 3), protocol=protocol,
-            info={"has_targets": has_targets})]
+            target_must_exist=True, ks=(1, 5, 10, 50), subset_ks=(1, 2, 3), protocol=protocol)]
 
     def stats(self) -> dict[str, Any]:
         missing = self.missing_mask()

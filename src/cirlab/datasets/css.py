@@ -8,15 +8,17 @@ file and the field.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from cirlab.datasets._common import as_bool, check_sampling, reject_unknown_options
+from cirlab.datasets._common import SAMPLING_HELP, Sampling
 from cirlab.datasets.base import DATASETS, CIRDataset, EvalSet, TrainPair, load_rgb
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option
 from cirlab.utils.safe_pickle import load_pickled_npy
 
 if TYPE_CHECKING:
@@ -102,6 +104,18 @@ def scene_key(objects: list[dict]) -> tuple:
                         for o in objects))
 
 
+@dataclass
+class CSSOptions:
+    """`--dataset-option`s of css."""
+
+    render: Literal["auto", "png", "2d"] = option("auto", "png: read images/; 2d: draw TIRG's 64x64 2D scene from "
+                                                          "the objects; auto: png when the PNGs exist")
+    preload: bool = option(True, "keep the decoded split in memory (small: 64x64 images)")
+    skip_missing: bool = option(False, "accepted for every dataset's --skip-missing; no effect on CSS (a missing "
+                                       "PNG is an error, or use render=2d)")
+    sampling: Sampling = option("paired", SAMPLING_HELP)
+
+
 @DATASETS.register("css")
 class CSSDataset(CIRDataset):
     """CSS with TIRG's protocol: every (from, to) pair of every test mod is a query; the gallery is every
@@ -116,19 +130,15 @@ class CSSDataset(CIRDataset):
     """
 
     name = "css"
+    Options = CSSOptions
     image_size = 64
     train_augment = False
     flip_ok = False
     backbone_lr_mult = 1.0
 
-    def __init__(self, root: str | Path, split: str, render: str = "auto", preload: Any = True,
-                 skip_missing: Any = False, sampling: str = "paired", **options: Any) -> None:
-        reject_unknown_options(self.name, options, ("render", "preload", "skip_missing", "sampling"))
-        self.sampling = check_sampling(self.name, sampling)
-        super().__init__(root, split, render=render, preload=preload)
-        if render not in ("auto", "png", "2d"):
-            raise CirlabError(f"css: render must be auto, png or 2d, not {render!r}")
-        preload = as_bool(preload, "preload")
+    def __init__(self, root: str | Path, split: str, **options: Any) -> None:
+        super().__init__(root, split, **options)
+        self.sampling, render, preload = self.options.sampling, self.options.render, self.options.preload
         if split not in ("train", "test"):
             raise CirlabError(f"CSS has splits 'train' and 'test', not {split!r}")
         data = load_css_npy(root)[split]  # checked: types, lengths, index ranges

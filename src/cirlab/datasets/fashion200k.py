@@ -7,6 +7,7 @@ Layout: `<root>/labels/*.txt` (a file belongs to a split when its name contains 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,14 @@ import numpy as np
 from cirlab.datasets._common import (
     EvalQuery,
     ImageListDataset,
-    as_bool,
+    ImageListOptions,
     check_split,
     read_text_lines,
-    reject_unknown_options,
     split_stats,
 )
 from cirlab.datasets.base import DATASETS, EvalSet, TrainPair
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option
 
 #: TIRG's caption escaping: these characters become words so that tokenisers keep them.
 CAPTION_ESCAPES = ((".", "dotmark"), ("?", "questionmark"), ("&", "andmark"), ("*", "starmark"))
@@ -57,6 +58,14 @@ def parent_captions(caption: str) -> list[str]:
     return list(dict.fromkeys(" ".join(t for t in words if t != w) for w in words))
 
 
+@dataclass
+class Fashion200kOptions(ImageListOptions):
+    """`--dataset-option`s of fashion200k."""
+
+    complete_text_query: bool = option(False, "ComposeAE: the text is the target caption instead of the replace "
+                                              "phrase")
+
+
 @DATASETS.register("fashion200k")
 class Fashion200kDataset(ImageListDataset):
     """Fashion200k: caption-equality hits, the query image excluded, R@1/10/50.
@@ -69,15 +78,14 @@ class Fashion200kDataset(ImageListDataset):
     """
 
     name = "fashion200k"
+    Options = Fashion200kOptions
     splits = ("train", "test")
     layout_hint = "<root>/<image_path of the label file>, e.g. <root>/women/dresses/.../<id>_0.jpeg"
 
-    def __init__(self, root: str | Path, split: str, complete_text_query: Any = False, skip_missing: Any = False,
-                 **options: Any) -> None:
-        reject_unknown_options(self.name, options, ("complete_text_query", "skip_missing"))
-        super().__init__(root, split, skip_missing=skip_missing, complete_text_query=complete_text_query)
+    def __init__(self, root: str | Path, split: str, **options: Any) -> None:
+        super().__init__(root, split, **options)
         check_split(self.name, split, self.splits)
-        self.complete_text_query = as_bool(complete_text_query, "complete_text_query")
+        self.complete_text_query = self.options.complete_text_query
         self.captions: list[str] = []
         for path in self._label_files():
             for line_no, line in read_text_lines(path, "Fashion200k label file"):

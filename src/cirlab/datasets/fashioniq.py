@@ -10,26 +10,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from cirlab.datasets._common import (
     EvalQuery,
     ImageListDataset,
+    ImageListOptions,
     check_split,
     entry_error,
     list_images,
-    reject_unknown_options,
     split_stats,
     sum_stats,
 )
 from cirlab.datasets.base import DATASETS, EvalSet, TrainPair
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import read_json
+from cirlab.utils.options import option
 
 CATEGORIES = ("dress", "shirt", "toptee")
-CAPTION_STYLES = ("clip4cir", "composeae", "crn")
+CaptionStyle = Literal["clip4cir", "composeae", "crn"]
+CAPTION_STYLES: tuple[str, ...] = get_args(CaptionStyle)
+GalleryProtocol = Literal["original", "val-union", "joint"]
 GALLERY_PROTOCOLS = {
     "original": "gallery = every image of split.<cat>.val.json, reference not excluded (CLIP4Cir)",
     "val-union": "gallery = union of val references and targets, reference excluded (CRN, TG-CIR)",
@@ -78,6 +81,18 @@ def parse_categories(value: Any) -> tuple[str, ...]:
     return cats
 
 
+@dataclass
+class FashionIQOptions(ImageListOptions):
+    """`--dataset-option`s of fashioniq."""
+
+    categories: str | list[str] = option(",".join(CATEGORIES), "comma-separated categories (or a list): one model "
+                                                               "per category or one for all")
+    caption_style: CaptionStyle = option("clip4cir", "how the two captions become one text: clip4cir, composeae "
+                                                     "or crn (see join_captions)")
+    gallery_protocol: GalleryProtocol | None = option(None, "original | val-union | joint; null: joint with "
+                                                            "caption_style=composeae, else original")
+
+
 @DATASETS.register("fashioniq")
 class FashionIQDataset(ImageListDataset):
     """FashionIQ on the val split: per-category R@10/R@50 and their average over categories.
@@ -96,26 +111,17 @@ class FashionIQDataset(ImageListDataset):
     """
 
     name = "fashioniq"
+    Options = FashionIQOptions
     splits = ("train", "val")
     eval_split = "val"
     layout_hint = "<root>/images/<name>.png|jpg or <root>/resized_image/<cat>/<name>.png|jpg"
 
-    def __init__(self, root: str | Path, split: str, categories: Any = ",".join(CATEGORIES),
-                 caption_style: str = "clip4cir", gallery_protocol: str | None = None, skip_missing: Any = False,
-                 **options: Any) -> None:
-        reject_unknown_options(self.name, options, ("categories", "caption_style", "gallery_protocol",
-                                                    "skip_missing"))
-        gallery_protocol = gallery_protocol or DEFAULT_GALLERY_PROTOCOL.get(caption_style, "original")
-        super().__init__(root, split, skip_missing=skip_missing, categories=categories, caption_style=caption_style,
-                         gallery_protocol=gallery_protocol)
+    def __init__(self, root: str | Path, split: str, **options: Any) -> None:
+        super().__init__(root, split, **options)
         check_split(self.name, split, ("train", "val", "test"))
-        self.categories = parse_categories(categories)
-        if caption_style not in CAPTION_STYLES:
-            raise CirlabError(f"fashioniq: caption_style must be one of {', '.join(CAPTION_STYLES)}, "
-                              f"not {caption_style!r}")
-        if gallery_protocol not in GALLERY_PROTOCOLS:
-            raise CirlabError(f"fashioniq: gallery_protocol must be one of {', '.join(GALLERY_PROTOCOLS)}, "
-                              f"not {gallery_protocol!r}")
+        self.categories = parse_categories(self.options.categories)
+        caption_style = self.options.caption_style
+        gallery_protocol = self.options.gallery_protocol or DEFAULT_GALLERY_PROTOCOL.get(caption_style, "original")
         self.caption_style, self.gallery_protocol = caption_style, gallery_protocol
         self.image_categories: list[str] = []
         self.split_images: dict[str, list[int]] = {}
@@ -260,8 +266,7 @@ class FashionIQDataset(ImageListDataset):
                 cat, queries, gallery, {"target": labels},
                 exclude_source=self.gallery_protocol == "val-union", target_must_exist=True, ks=(10, 50),
                 protocol=f"FashionIQ {self.split}, gallery_protocol={self.gallery_protocol}: "
-                         f"{GALLERY_PROTOCOLS[self.gallery_protocol]}; caption_style={self.caption_style}",
-                info={"category": cat, "gallery_protocol": self.gallery_protocol}))
+                         f"{GALLERY_PROTOCOLS[self.gallery_protocol]}; caption_style={self.caption_style}"))
         return out
 
     def summarize(self, per_set: dict[str, dict[str, float]]) -> dict[str, float]:

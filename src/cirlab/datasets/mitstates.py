@@ -7,22 +7,24 @@ whose name is not exactly two words are skipped; only .jpg/.jpeg files are read.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cirlab.datasets._common import (
+    SAMPLING_HELP,
     EvalQuery,
     ImageListDataset,
-    as_bool,
-    check_sampling,
+    ImageListOptions,
+    Sampling,
     check_split,
-    reject_unknown_options,
     split_stats,
 )
 from cirlab.datasets.base import DATASETS, EvalSet, TrainPair
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option
 
 #: The 49 test nouns of TIRG (google/tirg datasets.py), reused by ComposeAE; all other nouns train.
 TEST_NOUNS = frozenset((
@@ -44,6 +46,14 @@ def parse_state_folder(name: str) -> tuple[str, str] | None:
     return words[0], words[1]
 
 
+@dataclass
+class MITStatesOptions(ImageListOptions):
+    """`--dataset-option`s of mitstates."""
+
+    complete_text_query: bool = option(False, "the text is the target's \"adj noun\" (ComposeAE's variant)")
+    sampling: Sampling = option("paired", SAMPLING_HELP)
+
+
 @DATASETS.register("mitstates")
 class MITStatesDataset(ImageListDataset):
     """MIT-States: the text names the target adjective; R@1/5/10 plus adjective-only and noun-only recall.
@@ -59,16 +69,14 @@ class MITStatesDataset(ImageListDataset):
     """
 
     name = "mitstates"
+    Options = MITStatesOptions
     splits = ("train", "test")
     layout_hint = "<root>/images/<adj noun>/<file>.jpg"
 
-    def __init__(self, root: str | Path, split: str, complete_text_query: Any = False, skip_missing: Any = False,
-                 sampling: str = "paired", **options: Any) -> None:
-        reject_unknown_options(self.name, options, ("complete_text_query", "skip_missing", "sampling"))
-        self.sampling = check_sampling(self.name, sampling)
-        super().__init__(root, split, skip_missing=skip_missing, complete_text_query=complete_text_query)
+    def __init__(self, root: str | Path, split: str, **options: Any) -> None:
+        super().__init__(root, split, **options)
         check_split(self.name, split, self.splits)
-        self.complete_text_query = as_bool(complete_text_query, "complete_text_query")
+        self.sampling, self.complete_text_query = self.options.sampling, self.options.complete_text_query
         folder = self.root / "images"
         if not folder.is_dir():
             raise CirlabError(f"MIT-States image folder not found: {folder}")

@@ -20,7 +20,6 @@ from cirlab.datasets._common import (
     check_split,
     entry_error,
     read_text_lines,
-    reject_unknown_options,
     split_stats,
 )
 from cirlab.datasets.base import DATASETS, EvalSet, TrainPair
@@ -54,9 +53,8 @@ class ShoesDataset(ImageListDataset):
     splits = ("train", "test")
     layout_hint = "<root>/<folder containing 'womens'>/<n>/<name>.jpg"
 
-    def __init__(self, root: str | Path, split: str, skip_missing: Any = False, **options: Any) -> None:
-        reject_unknown_options(self.name, options, ("skip_missing",))
-        super().__init__(root, split, skip_missing=skip_missing)
+    def __init__(self, root: str | Path, split: str, **options: Any) -> None:
+        super().__init__(root, split, **options)
         check_split(self.name, split, self.splits)
         names_file = self.root / NAME_FILES[split]
         self.names = list(dict.fromkeys(line.strip() for _, line in read_text_lines(names_file, "Shoes name list")))

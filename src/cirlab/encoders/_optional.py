@@ -17,13 +17,18 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
                           f"pip install 'cirlab[{extra}]'") from None
 
 
-def projection(native_dim: int, out_dim: int, project: object) -> tuple[int, object]:
+#: Help text of the `project` option of pretrained encoders (see `projection`).
+PROJECT_HELP = ("add a Linear(native -> out_dim) where the sizes differ; false keeps the trunk's own features "
+                "(what a frozen, cached encoder should give the model)")
+
+
+def projection(native_dim: int, out_dim: int, project: bool) -> tuple[int, object]:
     """(output size, projection module) for a pretrained trunk: Linear(native -> out_dim), or none.
 
     `project` is the encoder option: true (default) adds the linear projection when the sizes differ,
     false keeps the trunk's own features (what a frozen, cached encoder should give the model)."""
     from torch import nn
 
-    if str(project).lower() in ("0", "false", "no", "none") or out_dim <= 0 or out_dim == native_dim:
+    if not project or out_dim <= 0 or out_dim == native_dim:
         return native_dim, nn.Identity()
     return out_dim, nn.Linear(native_dim, out_dim)

@@ -3,24 +3,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from cirlab.utils.registry import Registry
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 @dataclass
 class EncoderSpec:
-    """What an encoder factory needs: output size, optional weights, and free-form options."""
+    """What an encoder factory needs: output size, optional weights (image trunks), and the options as given
+    (a JSON dict; the factory reads it through its typed `Options`)."""
 
     out_dim: int = 512
     weights: str = ""  # local state-dict / model path; never a URL
-    pretrained: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def declares(options: type) -> Callable[[F], F]:
+    """Decorator: the encoder factory's typed options dataclass, kept as `factory.Options` (what `--list-options`
+    prints and `ModelConfig.checked` validates against)."""
+    def decorator(factory: F) -> F:
+        factory.Options = options  # type: ignore[attr-defined]
+        return factory
+
+    return decorator
 
 
 class ImageEncoder(nn.Module):
@@ -72,10 +85,7 @@ class TextEncoder(nn.Module):
     def save_assets(self, run_dir: Path) -> None:
         """Write what rebuilding this encoder needs besides the weights (a vocabulary, a tokenizer)."""
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able options needed to rebuild the same shapes (saved into config.json)."""
-        return {}
-
 
 IMAGE_ENCODERS: Registry = Registry("image encoder")
 TEXT_ENCODERS: Registry = Registry("text encoder")
+

@@ -42,10 +42,6 @@ def model_type(name: str) -> str:
     return str(load_hf(tf.AutoConfig, name).model_type)
 
 
-def flag(value: object) -> bool:
-    return str(value).lower() not in ("0", "false", "no", "none")
-
-
 def load_clip_tower(loader: Any, name: str, tower: str) -> Any:
     """One tower of a CLIP checkpoint (`tower` = "vision_config" | "text_config") with its projection; a full
     CLIP directory keeps `projection_dim` at the top level, which the tower's config must inherit."""

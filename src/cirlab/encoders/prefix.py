@@ -27,7 +27,10 @@ def _resolve(name: str, plain: Registry, prefixes: Registry) -> Callable[..., An
                           + (f", or {hints}" if hints else ""))
     if not argument:
         raise CirlabError(f"{plain.kind} {name!r}: give a model name or directory after '{prefix}:'")
-    return functools.partial(prefixes.get(prefix), argument)
+    factory = prefixes.get(prefix)
+    bound = functools.partial(factory, argument)
+    bound.Options = factory.Options  # type: ignore[attr-defined]  (see `declares`)
+    return bound
 
 
 def resolve_image_encoder(name: str) -> Callable[..., Any]:

@@ -9,9 +9,9 @@ Every model works in two steps so that frozen encoders can be cached (CLIP4Cir's
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from torch import nn
 from cirlab.encoders import EncoderSpec, ImageEncoder, TextEncoder, resolve_image_encoder, resolve_text_encoder
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.fields import check_fields
+from cirlab.utils.options import drop_retired_fields, normalize_options, option, parse_options
 from cirlab.utils.registry import Registry
 
 Features = Any  # a tensor, or a dict of tensors for models that need maps or tokens
@@ -35,7 +36,6 @@ class ModelConfig:
     embed_dim: int = 512
     text_dim: int = 512
     image_weights: str = ""
-    text_weights: str = ""
     image_options: dict[str, Any] = field(default_factory=dict)
     text_options: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -47,27 +47,62 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "model") -> ModelConfig:
-        """Rebuild from config.json's model entry; every field is checked against its annotation (CirlabError)."""
-        return cls(**check_fields(cls, data, where))
+        """Rebuild from config.json's model entry; every field is checked against its annotation (CirlabError).
+
+        The options dicts stay as saved; `checked()` (called by `build_model`) reads them through the classes'
+        typed options. Older files may hold `text_weights` (no flag ever set it): read while it is empty."""
+        return cls(**check_fields(cls, drop_retired_fields(data, RETIRED_FIELDS, where), where))
+
+    def checked(self) -> ModelConfig:
+        """This config with the model's, image encoder's and text encoder's options checked against their typed
+        options and converted (e.g. `"on"` -> `true`): a misspelt key or a bad value is one CirlabError here,
+        before anything is built."""
+        image_factory = resolve_image_encoder(self.image_encoder)
+        text_factory = resolve_text_encoder(self.text_encoder)
+        return replace(
+            self,
+            options=normalize_options(MODELS.get(self.name).Options, self.options, "model", self.name),
+            image_options=normalize_options(image_factory.Options, self.image_options, "image encoder",
+                                            self.image_encoder),
+            text_options=normalize_options(text_factory.Options, self.text_options, "text encoder",
+                                           self.text_encoder))
+
+
+#: ModelConfig fields removed from config.json, with the only value an old file may hold for them.
+RETIRED_FIELDS = {"text_weights": ""}
+
+
+@dataclass
+class ModelOptions:
+    """The options every model has (`--model-option KEY=VALUE`, config.json's model.options); a model adds its own
+    fields in a subclass and names it as its `Options`."""
+
+    norm_scale: float = option(4.0, "initial value of the learnable scale s in the training normalisation "
+                                    "s * v / ||v|| (google/tirg's NormalizationLayer: 4.0)")
+    loss_weights: dict[str, float] = option({}, "weights of named loss terms over the model's defaults (also "
+                                                "--loss-weight NAME=W)")
+    lr_mults: dict[str, float] = option({}, "learning-rate multipliers of the model's named parameter groups "
+                                            "('head' and the groups it lists)")
 
 
 class CompositionModel(nn.Module):
     """Base class: holds the two encoders and the learnable normalisation scale (TIRG: init 4.0)."""
 
-    #: Extra loss terms and their default weights, overridable with `options["loss_weights"]`.
+    #: The typed options (`--model-option`); `self.options` is the parsed instance.
+    Options: ClassVar[type[ModelOptions]] = ModelOptions
+    #: Extra loss terms and their default weights, overridable with the `loss_weights` option.
     default_loss_weights: dict[str, float] = {}
-    #: Learning-rate multipliers of the groups `lr_groups` names, overridable with `options["lr_mults"]`.
+    #: Learning-rate multipliers of the groups `lr_groups` names, overridable with the `lr_mults` option.
     default_lr_mults: dict[str, float] = {}
 
     def __init__(self, config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> None:
         super().__init__()
         self.config = config
+        self.options = parse_options(type(self).Options, config.options, "model", config.name)
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
-        self.norm_scale = nn.Parameter(torch.tensor(float(config.options.get("norm_scale", 4.0))))
-        weights = dict(self.default_loss_weights)
-        weights.update(config.options.get("loss_weights", {}))
-        self.loss_weights = weights
+        self.norm_scale = nn.Parameter(torch.tensor(float(self.options.norm_scale)))
+        self.loss_weights = {**self.default_loss_weights, **self.options.loss_weights}
 
     @property
     def embed_dim(self) -> int:
@@ -142,7 +177,7 @@ class CompositionModel(nn.Module):
     def parameter_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """Optimiser groups: the named `lr_groups` at their multipliers, the image trunk at
         `lr * backbone_lr_mult`, everything else ("head") at `lr`."""
-        mults = {**self.default_lr_mults, "head": 1.0, **self.config.options.get("lr_mults", {})}
+        mults = {**self.default_lr_mults, "head": 1.0, **self.options.lr_mults}
         named = self.lr_groups()
         unknown = sorted(set(mults) - set(named) - {"head"})
         if unknown:
@@ -165,13 +200,16 @@ MODELS: Registry[type[CompositionModel]] = Registry("model")
 
 def build_model(config: ModelConfig, texts: list[str] | None = None, assets_dir: Path | None = None
                 ) -> CompositionModel:
-    """Build encoders and the composition model from a config (texts: training texts for a vocabulary)."""
+    """Build encoders and the composition model from a config (texts: training texts for a vocabulary).
+
+    Every options dict is checked first (`ModelConfig.checked`), so a misspelt option fails before any weights
+    are built or loaded."""
+    config.checked()
     model_cls = MODELS.get(config.name)
     image_encoder = resolve_image_encoder(config.image_encoder)(EncoderSpec(
         out_dim=config.embed_dim, weights=config.image_weights, options=dict(config.image_options)))
     text_encoder = resolve_text_encoder(config.text_encoder)(
-        EncoderSpec(out_dim=config.text_dim, weights=config.text_weights, options=dict(config.text_options)),
-        texts=texts, assets_dir=assets_dir)
+        EncoderSpec(out_dim=config.text_dim, options=dict(config.text_options)), texts=texts, assets_dir=assets_dir)
     model = model_cls(config, image_encoder, text_encoder)
     for encoder in model.frozen_encoders():
         encoder.requires_grad_(False)

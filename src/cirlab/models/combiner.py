@@ -26,14 +26,17 @@ cirlab in the trainer's precision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cirlab.encoders import ImageEncoder, TextEncoder
 from cirlab.models._layers import identity_or_linear
-from cirlab.models.base import MODELS, CompositionModel, ModelConfig
+from cirlab.models.base import MODELS, CompositionModel, ModelConfig, ModelOptions
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option
 
 #: Released CLIP4Cir `Combiner.state_dict()` name -> cirlab `Combiner` parameter name (the layers keep the
 #: release's names, so a checkpoint's `"Combiner"` entry loads as is through `load_reference_state_dict`).
@@ -45,14 +48,26 @@ REFERENCE_NAMES: dict[str, str] = {
 }
 
 
+@dataclass
+class CombinerOptions(ModelOptions):
+    """`--model-option`s of combiner; the logit scale is fixed at 100 (CLIP4Cir's)."""
+
+    norm_scale: float = option(100.0, "the fixed logit scale s: query . target = s x cosine (CLIP4Cir: 100)")
+    proj_dim: int = option(0, "width of the text/image projection layers; 0: 4 x the image feature size d "
+                              "(the script's 640 * 4 for d = 640)")
+    hidden_dim: int = option(0, "width of the combiner and dynamic-scalar layers; 0: 8 x d (the script's 640 * 8)")
+
+
 @MODELS.register("combiner")
 class Combiner(CompositionModel):
     """normalize(output_layer(cf) + lambda * w + (1 - lambda) * i), CLIP4Cir's `combine_features`."""
 
+    Options = CombinerOptions
+
     def __init__(self, config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> None:
         super().__init__(config, image_encoder, text_encoder)
-        d, opts = image_encoder.out_dim, config.options
-        proj, hidden = int(opts.get("proj_dim", 4 * d)), int(opts.get("hidden_dim", 8 * d))
+        d = image_encoder.out_dim
+        proj, hidden = self.options.proj_dim or 4 * d, self.options.hidden_dim or 8 * d
         self.dim = d
         self.text_align = identity_or_linear(text_encoder.out_dim, d)
         self.text_projection_layer = nn.Linear(d, proj)
@@ -64,8 +79,6 @@ class Combiner(CompositionModel):
         self.dropout3 = nn.Dropout(0.5)
         self.dynamic_scalar = nn.Sequential(nn.Linear(2 * proj, hidden), nn.ReLU(), nn.Dropout(0.5),
                                             nn.Linear(hidden, 1), nn.Sigmoid())
-        with torch.no_grad():
-            self.norm_scale.fill_(float(opts.get("norm_scale", 100.0)))
         self.norm_scale.requires_grad_(False)
 
     @property

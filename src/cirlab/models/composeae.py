@@ -24,6 +24,8 @@ Deviations from the release (none changes a number the release computes):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,8 +39,9 @@ from cirlab.models._layers import (
     load_reference_entries,
     map_reference_names,
 )
-from cirlab.models.base import MODELS, BaseLoss, CompositionModel, ModelConfig
+from cirlab.models.base import MODELS, BaseLoss, CompositionModel, ModelConfig, ModelOptions
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option
 
 #: The released model's sub-modules that are the encoders here (ResNet-18, LSTM): not loaded by
 #: `load_reference_state_dict` (cirlab's encoders have their own weights).
@@ -48,10 +51,6 @@ REFERENCE_ENCODER_PREFIXES = ("img_model.", "text_model.")
 def _mapping(dim_in: int, dim_out: int) -> nn.Sequential:
     """ComposeAE's `rho`: BN -> ReLU -> Linear(in -> D) -> ReLU -> Linear(D, D)."""
     return nn.Sequential(bn(dim_in), nn.ReLU(), nn.Linear(dim_in, dim_out), nn.ReLU(), nn.Linear(dim_out, dim_out))
-
-
-def _flag(value: object) -> bool:
-    return str(value).lower() not in ("0", "false", "no", "none")
 
 
 class ComplexProjection(nn.Module):
@@ -164,9 +163,19 @@ class AutoencoderComposition(CompositionModel):
         return grads
 
 
+@dataclass
+class ComposeAEOptions(ModelOptions):
+    """`--model-option`s of composeae: the paper's ablations switch a branch off."""
+
+    use_rho: bool = option(True, "the linear branch rho on the complex projection (false: the paper's ablation)")
+    use_rho_conv: bool = option(True, "the convolutional branch rho_conv (false: the paper's ablation)")
+
+
 @MODELS.register("composeae")
 class ComposeAE(AutoencoderComposition):
     """Complex-space rotation of the image by the text, mapped back by rho and rho_conv (weights 10 and 1)."""
+
+    Options = ComposeAEOptions
 
     reference_prefixes = {**AutoencoderComposition.reference_prefixes,
                           "projection_lin.eta": "encoderLinear.0.image_features",
@@ -179,8 +188,8 @@ class ComposeAE(AutoencoderComposition):
 
     def __init__(self, config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> None:
         super().__init__(config, image_encoder, text_encoder)
-        d, opts = config.embed_dim, config.options
-        self.use_rho, self.use_rho_conv = _flag(opts.get("use_rho", True)), _flag(opts.get("use_rho_conv", True))
+        d = config.embed_dim
+        self.use_rho, self.use_rho_conv = self.options.use_rho, self.options.use_rho_conv
         if not (self.use_rho or self.use_rho_conv):
             raise CirlabError("composeae: use_rho and use_rho_conv cannot both be false")
         self.projection_lin = ComplexProjection(self.dz, self.dt, d) if self.use_rho else None
@@ -213,6 +222,14 @@ class ComposeAE(AutoencoderComposition):
         return self.combine(*self.branches(z, q, conjugate))
 
 
+@dataclass
+class ComposeAECrossAttentionOptions(ComposeAEOptions):
+    """`--model-option`s of composeae_xattn (both branches are needed)."""
+
+    xattn_tokens: int = option(8, "tokens each branch's D-vector is split into (D / tokens channels each)")
+    xattn_heads: int = option(8, "attention heads (the token size must divide by it)")
+
+
 @MODELS.register("composeae_xattn")
 class ComposeAECrossAttention(ComposeAE):
     """theta = w_1 * MultiHeadCrossAttention(query = theta_lin, key = value = theta_conv) + w_0 * theta_conv.
@@ -228,13 +245,14 @@ class ComposeAECrossAttention(ComposeAE):
     at log 2 and recall at chance; measured on CSS, see docs/MODELS.md); clipped, it trains like ComposeAE.
     """
 
+    Options = ComposeAECrossAttentionOptions
+
     def __init__(self, config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> None:
-        if not (_flag(config.options.get("use_rho", True)) and _flag(config.options.get("use_rho_conv", True))):
-            raise CirlabError("composeae_xattn needs both rho and rho_conv")
         super().__init__(config, image_encoder, text_encoder)
+        if not (self.use_rho and self.use_rho_conv):
+            raise CirlabError("composeae_xattn needs both rho and rho_conv")
         d = config.embed_dim
-        self.tokens = int(config.options.get("xattn_tokens", 8))
-        heads = int(config.options.get("xattn_heads", 8))
+        self.tokens, heads = self.options.xattn_tokens, self.options.xattn_heads
         if self.tokens <= 0 or d % self.tokens or (d // self.tokens) % heads:
             raise CirlabError(f"composeae_xattn: embed_dim {d} must split into xattn_tokens={self.tokens} tokens "
                               f"whose size is divisible by xattn_heads={heads}")

@@ -71,8 +71,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -87,15 +87,13 @@ from cirlab.models._layers import (
     load_reference_entries,
     map_reference_names,
 )
-from cirlab.models.base import MODELS, BaseLoss, CompositionModel, ModelConfig
+from cirlab.models.base import MODELS, BaseLoss, CompositionModel, ModelConfig, ModelOptions
 from cirlab.utils.errors import CirlabError
-from cirlab.utils.fields import check_fields
+from cirlab.utils.options import option
 
 NETWORKS = ("local", "global")
 #: The mutual-learning logit scale, a literal 10 in the release (not the learnable loss_weight).
 KL_SCALE = 10.0
-#: Options the base class reads; every other option is a `CRNOptions` field.
-BASE_OPTIONS = ("norm_scale", "loss_weights", "lr_mults")
 Feats = dict[str, torch.Tensor]
 
 
@@ -145,29 +143,25 @@ class CRNWidths:
 
 
 @dataclass
-class CRNOptions:
-    """`--model-option`s of `crn` (see the module docstring); unknown keys are refused."""
+class CRNOptions(ModelOptions):
+    """`--model-option`s of `crn` (see the module docstring), the release's behaviour by default."""
 
-    local_t: float = 7.0
-    global_t: float = 4.0
-    image_map: str = "pooled"
-    aggregation: str = "discarded"
-    aggregate_stages: list[int] = field(default_factory=lambda: [1, 2])
-    word_mask: bool = False
-    relation_loss: bool = False
-    shared_encoders: bool = False
-    width_map: dict[str, int] = field(default_factory=dict)
-    dropout: float = 0.0
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> CRNOptions:
-        own = {k: v for k, v in options.items() if k not in BASE_OPTIONS}
-        opts = cls(**check_fields(cls, own, "crn model option"))
-        for name, allowed in (("image_map", ("pooled", "spatial")), ("aggregation", ("discarded", "map"))):
-            if getattr(opts, name) not in allowed:
-                raise CirlabError(f"crn model option {name} must be one of {', '.join(allowed)}, "
-                                  f"not {getattr(opts, name)!r}")
-        return opts
+    local_t: float = option(7.0, "temperature of the local attention (train.py --local_t)")
+    global_t: float = option(4.0, "temperature of the global attention (train.py --global_t)")
+    image_map: Literal["pooled", "spatial"] = option("pooled", "pooled: the last map averaged to 1 x 1 (the "
+                                                               "release); spatial: the map as it is (the paper)")
+    aggregation: Literal["discarded", "map"] = option("discarded", "discarded: the hierarchical aggregation is not "
+                                                                   "used (the release); map: imgs + final is the "
+                                                                   "image map")
+    aggregate_stages: list[int] = option([1, 2], "encoder stages the aggregation averages")
+    word_mask: bool = option(False, "padded words leave the local softmax and the global GeM (the release: false)")
+    relation_loss: bool = option(False, "add the cross-relation loss 'correct' (the release computes it for no "
+                                        "loss)")
+    shared_encoders: bool = option(False, "one image and one text encoder for both networks (the release: two)")
+    width_map: dict[str, int] = option({}, "{release width: width} for every width the release hard-codes; "
+                                           "default: all scaled by embed_dim / 2048")
+    dropout: float = option(0.0, "train.py --dropout_rate; the release never applies its Dropout layers, so it "
+                                 "changes nothing")
 
     def widths(self, embed_dim: int) -> CRNWidths:
         if not self.width_map:
@@ -384,11 +378,13 @@ def stage_vector(maps: list[torch.Tensor], indices: list[int]) -> torch.Tensor:
 class CRN(CompositionModel):
     """Local + global networks trained together; retrieval vector [normalize(local), normalize(global)]."""
 
+    Options = CRNOptions
+    options: CRNOptions
     default_loss_weights = {"class": 1.0, "perceptual": 1.0, "img": 1.0, "mul_kl": 1.0, "correct": 1.0}
 
     def __init__(self, config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> None:
         super().__init__(config, image_encoder, text_encoder)
-        self.options = opts = CRNOptions.from_options(config.options)
+        opts = self.options
         widths = opts.widths(config.embed_dim)
         self.norm_scale.requires_grad_(False)  # unused: each network has its own temperature (loss_weight)
         if not opts.shared_encoders:

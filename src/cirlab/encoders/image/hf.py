@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from cirlab.encoders._optional import projection
-from cirlab.encoders.base import EncoderSpec, ImageEncoder
-from cirlab.encoders.hf_common import flag, hf_source, load_clip_tower, load_hf, model_type, transformers_module
+from cirlab.encoders._optional import PROJECT_HELP, projection
+from cirlab.encoders.base import EncoderSpec, ImageEncoder, declares
+from cirlab.encoders.hf_common import hf_source, load_clip_tower, load_hf, model_type, transformers_module
 from cirlab.encoders.prefix import IMAGE_ENCODER_PREFIXES
+from cirlab.utils.options import option, parse_options
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -43,7 +45,7 @@ def _tokens_to_map(tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
 class HFImageEncoder(ImageEncoder):
     """A transformers vision model -> pooled vector -> optional projection to `out_dim`."""
 
-    def __init__(self, name: str, out_dim: int, project: object = True, pooling: str = "auto") -> None:
+    def __init__(self, name: str, out_dim: int, project: bool = True, pooling: str = "auto") -> None:
         super().__init__()
         tf = transformers_module(f"image encoder hf:{name}")
         self.source, self.kind = name, model_type(name)
@@ -133,9 +135,18 @@ class HFImageEncoder(ImageEncoder):
         return list(self.model.parameters())
 
 
+@dataclass
+class HFImageOptions:
+    """`--image-option`s of hf:<name-or-path> image encoders."""
+
+    project: bool = option(True, PROJECT_HELP)
+    pooling: Literal["auto", "cls", "mean"] = option("auto", "token models' vector: the CLS token (auto, where the "
+                                                             "model has one; else its pooled output) or the mean")
+
+
 @IMAGE_ENCODER_PREFIXES.register("hf")
+@declares(HFImageOptions)
 def build_hf_image_encoder(name: str, spec: EncoderSpec) -> HFImageEncoder:
-    opts = spec.options
-    return HFImageEncoder(name, spec.out_dim, project=flag(opts.get("project", True)),
-                          pooling=str(opts.get("pooling", "auto")))
+    opts = parse_options(HFImageOptions, spec.options, "image encoder", f"hf:{name}")
+    return HFImageEncoder(name, spec.out_dim, project=opts.project, pooling=opts.pooling)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder
+from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder, declares
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import NoOptions, parse_options
 
 
 class BasicBlock(nn.Module):
@@ -125,7 +126,9 @@ class ResNetEncoder(ImageEncoder):
             raise CirlabError(f"{path} does not match this ResNet: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
-def _build(block: type[BasicBlock] | type[Bottleneck], layers: list[int], spec: EncoderSpec) -> ResNetEncoder:
+def _build(block: type[BasicBlock] | type[Bottleneck], layers: list[int], spec: EncoderSpec, name: str
+           ) -> ResNetEncoder:
+    parse_options(NoOptions, spec.options, "image encoder", name)  # none: the trunk's weights are --image-weights
     enc = ResNetEncoder(block, layers, spec.out_dim)
     if spec.weights:
         enc.load_trunk(spec.weights)
@@ -133,10 +136,12 @@ def _build(block: type[BasicBlock] | type[Bottleneck], layers: list[int], spec: 
 
 
 @IMAGE_ENCODERS.register("resnet18")
+@declares(NoOptions)
 def resnet18(spec: EncoderSpec) -> ResNetEncoder:
-    return _build(BasicBlock, [2, 2, 2, 2], spec)
+    return _build(BasicBlock, [2, 2, 2, 2], spec, "resnet18")
 
 
 @IMAGE_ENCODERS.register("resnet50")
+@declares(NoOptions)
 def resnet50(spec: EncoderSpec) -> ResNetEncoder:
-    return _build(Bottleneck, [3, 4, 6, 3], spec)
+    return _build(Bottleneck, [3, 4, 6, 3], spec, "resnet50")

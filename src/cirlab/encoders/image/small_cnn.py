@@ -9,11 +9,15 @@ global average pooling (`pool="avg"`, the ResNet/TIRG choice).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder
+from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder, declares
+from cirlab.utils.options import option, parse_options
 
 
 def _conv(inp: int, out: int, stride: int = 1) -> nn.Sequential:
@@ -61,8 +65,18 @@ class SmallCNNEncoder(ImageEncoder):
         return list(self.stages.parameters())
 
 
+@dataclass
+class SmallCNNOptions:
+    """`--image-option`s of small_cnn."""
+
+    width: int = option(32, "channels of the stem; the stages have width, 2x, 4x and 8x")
+    pool: Literal["grid", "avg"] = option("grid", "grid: average-pool to grid x grid cells and project the "
+                                                  "flattened cells; avg: global average pooling")
+    grid: int = option(3, "cells per side with pool=grid")
+
+
 @IMAGE_ENCODERS.register("small_cnn")
+@declares(SmallCNNOptions)
 def small_cnn(spec: EncoderSpec) -> SmallCNNEncoder:
-    opts = spec.options
-    return SmallCNNEncoder(spec.out_dim, width=int(opts.get("width", 32)), pool=str(opts.get("pool", "grid")),
-                           grid=int(opts.get("grid", 3)))
+    opts = parse_options(SmallCNNOptions, spec.options, "image encoder", "small_cnn")
+    return SmallCNNEncoder(spec.out_dim, width=opts.width, pool=opts.pool, grid=opts.grid)

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder
+from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder, declares
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import read_json, write_json_atomic
+from cirlab.utils.options import option, parse_options
 
 VOCAB_FILE = "crn_vocab.json"
 SPECIAL = ("<UNK>", "<AND>", "<BOS>", "<EOS>")
@@ -106,23 +107,25 @@ class CRNLSTMTextEncoder(TextEncoder):
     def save_assets(self, run_dir: Path) -> None:
         self.vocab.save(Path(run_dir) / VOCAB_FILE)
 
-    def config(self) -> dict[str, Any]:
-        return {"word_dim": self.word_dim, "hidden_dim": self.hidden_dim}
+
+@dataclass
+class CRNLSTMOptions:
+    """`--text-option`s of crn_lstm (defaults: the release's sizes)."""
+
+    word_dim: int = option(768, "word embedding size")
+    hidden_dim: int = option(1024, "LSTM width = the token feature width")
 
 
 @TEXT_ENCODERS.register("crn_lstm")
+@declares(CRNLSTMOptions)
 def build_crn_lstm(spec: EncoderSpec, texts: list[str] | None = None, assets_dir: Path | None = None
                    ) -> CRNLSTMTextEncoder:
     """Build from training texts (new run) or from `crn_vocab.json` in a run directory (loading)."""
+    opts = parse_options(CRNLSTMOptions, spec.options, "text encoder", "crn_lstm")
     if assets_dir is not None and (Path(assets_dir) / VOCAB_FILE).is_file():
         vocab = CRNVocabulary.load(Path(assets_dir) / VOCAB_FILE)
     elif texts is not None:
         vocab = CRNVocabulary.build(texts)
     else:
         raise CirlabError(f"the crn_lstm text encoder needs {VOCAB_FILE} in {assets_dir} or training texts")
-    opts = spec.options
-    unknown = sorted(set(opts) - {"word_dim", "hidden_dim"})
-    if unknown:
-        raise CirlabError(f"crn_lstm text options: unknown {unknown} (known: word_dim, hidden_dim)")
-    return CRNLSTMTextEncoder(vocab, word_dim=int(opts.get("word_dim", 768)),
-                              hidden_dim=int(opts.get("hidden_dim", 1024)))
+    return CRNLSTMTextEncoder(vocab, word_dim=opts.word_dim, hidden_dim=opts.hidden_dim)

