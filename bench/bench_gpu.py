@@ -3,7 +3,7 @@
 Synthetic inputs only (random images, random captions from a small word list, random cached features), models
 from random initialisation (ResNet-18 is cirlab's own plain-torch encoder): no dataset, no download.
 
-Rows (train = forward + backward + SGD step under the trainer's autocast, `cirlab.training.precision`):
+Rows (train = forward + backward + SGD step under the trainer's autocast, `cirlab.inference.precision`):
 
 * `tirg`: TIRG, ResNet-18 at 224 px, LSTM text encoder, batch 32 (tirg_fashion200k's model);
 * `composeae`: ComposeAE, ResNet-18 at 224 px, batch 32 (the recipe's MiniLM text encoder, a download, is
@@ -42,9 +42,10 @@ prepare_environment()  # before torch is imported: idle OpenMP threads sleep (ma
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from cirlab.inference.precision import AUTOCAST_DTYPES, autocast  # noqa: E402
 from cirlab.losses import LOSSES  # noqa: E402
 from cirlab.models import ModelConfig, build_model  # noqa: E402
-from cirlab.training.precision import AUTOCAST_DTYPES, CompiledOrEager, autocast, compile_model  # noqa: E402
+from cirlab.training.precision import CompiledOrEager, compile_model  # noqa: E402
 
 WORDS = ("make", "it", "red", "blue", "longer", "shorter", "with", "without", "sleeves", "pattern", "darker",
          "brighter", "add", "remove", "a", "cube", "sphere", "collar", "print", "floral", "striped", "more", "less")

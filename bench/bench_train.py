@@ -25,10 +25,10 @@ prepare_environment()  # before torch is imported, as the `cirlab` command does
 import torch  # noqa: E402
 
 from cirlab.datasets.css_synth import CSSSynthConfig, generate_css  # noqa: E402
+from cirlab.inference.precision import autocast, check_precision  # noqa: E402
 from cirlab.losses import LOSSES  # noqa: E402
 from cirlab.models import ModelConfig  # noqa: E402
 from cirlab.training import TrainConfig  # noqa: E402
-from cirlab.training.precision import autocast, check_precision  # noqa: E402
 from cirlab.training.run_dir import make_transform, open_dataset  # noqa: E402
 from cirlab.training.trainer import PairBatches, make_optimizer  # noqa: E402
 

@@ -45,9 +45,10 @@ def tiny_index(root: Path) -> Path:
 
     from cirlab.datasets.css_synth import CSSSynthConfig, generate_css
     from cirlab.index import build_index, source_from_dataset
+    from cirlab.inference import load
     from cirlab.models import ModelConfig, build_model
-    from cirlab.training import TrainConfig, load_run, open_dataset
-    from cirlab.training.run_dir import save_config, save_model
+    from cirlab.training import TrainConfig, open_dataset
+    from cirlab.training.run_dir import run_preprocess, save_run_model
 
     generate_css(root / "css", CSSSynthConfig(seed=1, train_images=60, test_images=60), progress=False)
     model_config = ModelConfig(name="tirg", image_encoder="small_cnn", embed_dim=32, text_dim=32,
@@ -56,12 +57,9 @@ def tiny_index(root: Path) -> Path:
     torch.manual_seed(0)
     model = build_model(config.model, texts=open_dataset(config, "train").train_texts())
     run_dir = root / "run"
-    run_dir.mkdir()
-    save_config(run_dir, config)
-    model.text_encoder.save_assets(run_dir)
-    save_model(run_dir, model)
-    run = load_run(run_dir)
-    build_index(run, source_from_dataset(open_dataset(run.config, "test")), root / "index", progress=False)
+    save_run_model(run_dir, config, model, run_preprocess(config, model))
+    pipe = load(run_dir)
+    build_index(pipe, source_from_dataset(pipe.open_dataset("test")), root / "index", progress=False)
     return root / "index"
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cirlab.models import build_model
 from cirlab.training import TrainConfig, open_dataset
-from cirlab.training.run_dir import save_config, save_model
+from cirlab.training.run_dir import run_preprocess, save_run_model
 
 
 def make_tiny_run(css_root: Path, run_dir: Path, seed: int = 0) -> Path:
@@ -20,10 +20,7 @@ def make_tiny_run(css_root: Path, run_dir: Path, seed: int = 0) -> Path:
     texts = open_dataset(config, "train").train_texts()
     torch.manual_seed(seed)
     model = build_model(config.model, texts=texts)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(run_dir, config)
-    model.text_encoder.save_assets(run_dir)
-    save_model(run_dir, model)
+    save_run_model(run_dir, config, model, run_preprocess(config, model))
     return run_dir
 
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cirlab.index import Retriever, build_index, source_from_dataset
+from cirlab.inference import load
 from cirlab.serving import Limits, create_app, demo_index
-from cirlab.training import load_run, open_dataset
 from cirlab.utils.errors import CirlabError
 
 LIMITS = Limits(max_upload_bytes=100_000, max_pixels=500_000, max_text_chars=50, max_k=20)
@@ -25,8 +25,8 @@ LIMITS = Limits(max_upload_bytes=100_000, max_pixels=500_000, max_text_chars=50,
 @pytest.fixture(scope="module")
 def retriever(tiny_css: Path, tmp_path_factory: pytest.TempPathFactory) -> Retriever:
     root = tmp_path_factory.mktemp("api")
-    run = load_run(make_tiny_run(tiny_css, root / "run"))
-    build_index(run, source_from_dataset(open_dataset(run.config, "test")), root / "index", progress=False)
+    pipe = load(make_tiny_run(tiny_css, root / "run"))
+    build_index(pipe, source_from_dataset(pipe.open_dataset("test")), root / "index", progress=False)
     return Retriever.open(root / "index")
 
 
@@ -258,7 +258,9 @@ def test_serve_without_an_index_uses_the_demo_or_says_to_run_it(tiny_css: Path, 
     shutil.rmtree(tmp_path / "demo" / "run")
     make_tiny_run(tiny_css, tmp_path / "demo" / "run", seed=5)  # retrained: the index is rebuilt
     demo_index(tmp_path / "demo", progress=False)
-    assert Retriever.open(index_dir).index.meta["run"]["dir"] == str((tmp_path / "demo" / "run").resolve())
+    index = Retriever.open(index_dir).index
+    assert index.meta["run"]["dir"] == "../run"  # relative: the demo folder can be moved as a whole
+    assert index.run_dir.resolve() == (tmp_path / "demo" / "run").resolve()
 
 
 def test_serve_command_reports_missing_inputs_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,8 +18,8 @@ import uvicorn
 from _index_helpers import make_tiny_run
 
 from cirlab.index import Retriever, build_index, source_from_dataset
+from cirlab.inference import load
 from cirlab.serving import create_app
-from cirlab.training import load_run, open_dataset
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -38,8 +38,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server_url(tiny_css: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("browser")
-    run = load_run(make_tiny_run(tiny_css, root / "run"))
-    build_index(run, source_from_dataset(open_dataset(run.config, "test")), root / "index", progress=False)
+    pipe = load(make_tiny_run(tiny_css, root / "run"))
+    build_index(pipe, source_from_dataset(pipe.open_dataset("test")), root / "index", progress=False)
     app = create_app(Retriever.open(root / "index"), allowed_hosts={"127.0.0.1"})
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

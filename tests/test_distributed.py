@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cirlab.training import distributed
+from cirlab.inference import distributed
 
 TINY = ["--embed-dim", "32", "--text-dim", "32", "--image-option", "width=8", "--text-option", "word_dim=16",
         "--text-option", "hidden_dim=32"]

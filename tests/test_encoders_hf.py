@@ -14,9 +14,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 
 from cirlab.encoders import EncoderSpec, resolve_image_encoder, resolve_text_encoder  # noqa: E402
-from cirlab.models import ModelConfig, build_model  # noqa: E402
-from cirlab.training.config import TrainConfig  # noqa: E402
-from cirlab.training.run_dir import load_model, save_config, save_model  # noqa: E402
+from cirlab.models import CompositionModel, ModelConfig, build_model  # noqa: E402
 from cirlab.utils.errors import CirlabError  # noqa: E402
 
 TEXTS = ["add a red circle", "remove the blue square"]
@@ -101,17 +99,14 @@ def test_missing_hf_directory_and_unknown_encoder_are_one_line_errors(tmp_path: 
 def test_run_with_hf_encoders_reloads_from_its_directory(hf_dirs: dict[str, Path], tmp_path: Path,
                                                           model: str) -> None:
     torch.manual_seed(0)
-    config = TrainConfig(model=ModelConfig(name=model, image_encoder=f"hf:{hf_dirs['clip']}",
-                                           text_encoder=f"hf:{hf_dirs['bert']}", embed_dim=16, text_dim=16,
-                                           options={"shared_encoders": True} if model == "crn" else {}))
-    built = build_model(config.model, texts=TEXTS).eval()
+    config = ModelConfig(name=model, image_encoder=f"hf:{hf_dirs['clip']}", text_encoder=f"hf:{hf_dirs['bert']}",
+                         embed_dim=16, text_dim=16, options={"shared_encoders": True} if model == "crn" else {})
+    built = build_model(config, texts=TEXTS).eval()
     with torch.no_grad():
         for p in built.parameters():  # make the saved weights differ from the directory's
             p.add_(0.01)
-    save_config(tmp_path, config)
-    built.text_encoder.save_assets(tmp_path)
-    save_model(tmp_path, built)
-    loaded, _ = load_model(tmp_path)
+    built.save_pretrained(tmp_path)
+    loaded = CompositionModel.from_pretrained(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded.compose(x, TEXTS), built.compose(x, TEXTS))
     assert not any(p.suffix in (".pt", ".pth", ".pkl", ".bin") for p in tmp_path.iterdir())

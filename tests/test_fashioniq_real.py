@@ -18,8 +18,9 @@ from conftest import tiny_model_config
 from PIL import Image
 
 from cirlab.datasets import build_dataset
-from cirlab.datasets.transforms import ImageTransform
+from cirlab.datasets.transforms import Preprocess
 from cirlab.evaluation import evaluate_dataset
+from cirlab.inference import Pipeline
 from cirlab.models import build_model
 
 FIQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-iq"
@@ -83,8 +84,8 @@ def test_full_val_evaluation_runs_end_to_end(fiq_root: Path) -> None:
     torch.manual_seed(0)
     ds = build_dataset("fashioniq", fiq_root, "val")
     model = build_model(tiny_model_config("tirg", image_options={"width": 4}), texts=ds.train_texts()).eval()
-    transform = ImageTransform(size=16, mean=model.image_encoder.mean, std=model.image_encoder.std)
-    result = evaluate_dataset(model, ds, transform, batch_size=512, progress=False)
+    preprocess = Preprocess(size=16, mean=model.image_encoder.mean, std=model.image_encoder.std)
+    result = evaluate_dataset(Pipeline(model, preprocess, batch_size=512), ds, progress=False)
     assert result["queries"] == sum(VAL_QUERIES.values())
     assert result["gallery"] == sum(ORIGINAL_GALLERY.values())
     metrics = result["metrics"]

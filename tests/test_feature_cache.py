@@ -16,11 +16,12 @@ from test_datasets_fashioniq import make_fashioniq
 from test_datasets_mitstates import make_mitstates
 
 from cirlab.evaluation import evaluate_run, make_cached_eval_fn
-from cirlab.models import build_model
+from cirlab.inference import RunSpec
+from cirlab.inference import feature_cache as fc
+from cirlab.inference.feature_cache import build_feature_cache
+from cirlab.models import CompositionModel, build_model
 from cirlab.training import TrainConfig, Trainer, make_transform, open_dataset
-from cirlab.training import feature_cache as fc
-from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache
-from cirlab.training.run_dir import load_model
+from cirlab.training.feature_cache import CachedPairBatches
 from cirlab.training.trainer import PairBatches
 from cirlab.utils.errors import CirlabError
 
@@ -75,7 +76,8 @@ def test_cached_batches_match_the_image_pipeline(tiny_css: Path, tmp_path: Path,
 def test_cached_training_evaluates_the_same_end_to_end(tiny_css: Path, tmp_path: Path) -> None:
     config = _config(tiny_css)
     run = tmp_path / "run"
-    summary = Trainer(config, run, make_cached_eval_fn(config, run, progress=False), progress=False).train()
+    evaluate = make_cached_eval_fn(RunSpec.from_train_dict(config.to_dict()), run, progress=False)
+    summary = Trainer(config, run, evaluate, progress=False).train()
     assert (run / "feature_cache" / "train" / "images.safetensors").is_file()
     assert (run / "feature_cache" / "test" / "meta.json").is_file()
     end_to_end = evaluate_run(run, progress=False)
@@ -105,7 +107,7 @@ def test_cached_training_encodes_the_drawn_texts_that_train_texts_lacks(name: st
     cache = fc.FeatureCache.load(run / "feature_cache" / "train")
     shards = set(cache.text_list[cache.listed:])
     assert shards <= extra and len(extra - shards) < fc.FLUSH_EVERY  # only the last, unflushed ones are missing
-    model, _ = load_model(run)
+    model = CompositionModel.from_pretrained(run)
     for text in sorted(shards):  # the frozen encoder in eval mode without gradients, one text at a time
         assert torch.equal(cache.text_feats([text]), fc.encode_texts_eval(model, [text])), text
         torch.testing.assert_close(cache.text_feats([text]), model.encode_text([text]), atol=1e-6, rtol=1e-6)
@@ -122,7 +124,8 @@ def test_cached_training_resumes_bit_identically(tmp_path: Path, monkeypatch: py
     Trainer(config(2), tmp_path / "resumed", None, progress=False).train()
     assert list((tmp_path / "resumed" / "feature_cache" / "train").glob("extras-*.json"))  # read back on resume
     Trainer(config(4), tmp_path / "resumed", None, progress=False).train(resume=True)
-    a, b = load_model(tmp_path / "straight")[0].state_dict(), load_model(tmp_path / "resumed")[0].state_dict()
+    a = CompositionModel.from_pretrained(tmp_path / "straight").state_dict()
+    b = CompositionModel.from_pretrained(tmp_path / "resumed").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

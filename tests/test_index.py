@@ -14,7 +14,7 @@ from cirlab.cli.main import main
 from cirlab.index import ComposedQuery, GalleryIndex, Retriever, build_index, choose_kind, make_searcher
 from cirlab.index import store as store_module
 from cirlab.index.gallery import GalleryItem, source_from_dataset, source_from_directory
-from cirlab.training import load_run, open_dataset
+from cirlab.inference import load
 from cirlab.utils.errors import CirlabError
 
 
@@ -64,13 +64,13 @@ def test_auto_kind_is_exact_for_small_and_ivfpq_for_large_galleries() -> None:
 
 
 def test_split_index_matches_the_model_and_queries_exclude_their_reference(tiny_run: Path, tmp_path: Path) -> None:
-    run = load_run(tiny_run)
-    dataset = open_dataset(run.config, "test")
-    summary = build_index(run, source_from_dataset(dataset), tmp_path / "index", progress=False)
+    pipe = load(tiny_run)
+    dataset = pipe.open_dataset("test")
+    summary = build_index(pipe, source_from_dataset(dataset), tmp_path / "index", progress=False)
     assert (summary.count, summary.added, summary.kind) == (len(dataset), len(dataset), "exact")
     index = GalleryIndex.open(tmp_path / "index")
     assert index.items[3].id == "css_test_000003" and Path(index.items[3].path).is_file()
-    expected = run.embed_images([dataset.load_image(i) for i in range(5)]).numpy()
+    expected = pipe.embed([dataset.load_image(i) for i in range(5)]).numpy()
     np.testing.assert_allclose(index.vectors[:5], expected, atol=1e-5)
 
     retriever = Retriever.open(tmp_path / "index")
@@ -78,15 +78,15 @@ def test_split_index_matches_the_model_and_queries_exclude_their_reference(tiny_
     assert len(hits) == 10 and "css_test_000003" not in [h.id for h in hits]
     assert [h.rank for h in hits] == list(range(1, 11))
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
-    query = run.compose([dataset.load_image(3)], ["remove red circle"]).numpy()[0]
+    query = pipe.compose([dataset.load_image(3)], ["remove red circle"]).numpy()[0]
     assert hits[0].score == pytest.approx(float(index.vectors[index.position(hits[0].id)] @ query), abs=1e-5)
 
 
 def test_add_encodes_only_new_images_and_keeps_old_vectors(tiny_run: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    run = load_run(tiny_run)
+    pipe = load(tiny_run)
     images = make_image_dir(tmp_path / "imgs", 6)
-    build_index(run, source_from_directory(images), tmp_path / "index", kind="hnsw", params={"m": 4}, progress=False)
+    build_index(pipe, source_from_directory(images), tmp_path / "index", kind="hnsw", params={"m": 4}, progress=False)
     before = GalleryIndex.open(tmp_path / "index")
     old_vectors = np.array(before.vectors)
     make_image_dir(images, 4, start=6)
@@ -98,7 +98,7 @@ def test_add_encodes_only_new_images_and_keeps_old_vectors(tiny_run: Path, tmp_p
         return original(run_, source, out, batch_size, progress)
 
     monkeypatch.setattr(store_module, "encode_into", counting)
-    summary = build_index(run, source_from_directory(images), tmp_path / "index", add=True, progress=False)
+    summary = build_index(pipe, source_from_directory(images), tmp_path / "index", add=True, progress=False)
     assert encoded == [4] and (summary.added, summary.skipped, summary.count) == (4, 6, 10)
     after = GalleryIndex.open(tmp_path / "index")
     assert after.kind == "hnsw" and after.searcher.index.ntotal == 10
@@ -111,11 +111,11 @@ def test_add_encodes_only_new_images_and_keeps_old_vectors(tiny_run: Path, tmp_p
 
 
 def test_adding_can_switch_kind_from_the_stored_vectors(tiny_run: Path, tmp_path: Path) -> None:
-    run = load_run(tiny_run)
+    pipe = load(tiny_run)
     images = make_image_dir(tmp_path / "imgs", 5)
-    build_index(run, source_from_directory(images), tmp_path / "index", progress=False)
+    build_index(pipe, source_from_directory(images), tmp_path / "index", progress=False)
     make_image_dir(images, 2, start=5)
-    summary = build_index(run, source_from_directory(images), tmp_path / "index", kind="hnsw", add=True,
+    summary = build_index(pipe, source_from_directory(images), tmp_path / "index", kind="hnsw", add=True,
                           progress=False)
     assert summary.kind == "hnsw" and summary.added == 2
     assert json.loads((tmp_path / "index" / "index.json").read_text())["kind"] == "hnsw"
@@ -127,9 +127,9 @@ def test_adding_can_switch_kind_from_the_stored_vectors(tiny_run: Path, tmp_path
 
 def test_a_crash_mid_write_leaves_the_previous_index_intact(tiny_run: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    run = load_run(tiny_run)
+    pipe = load(tiny_run)
     images = make_image_dir(tmp_path / "imgs", 5)
-    build_index(run, source_from_directory(images), tmp_path / "index", progress=False)
+    build_index(pipe, source_from_directory(images), tmp_path / "index", progress=False)
     files_before = {p.name: p.read_bytes() for p in (tmp_path / "index").iterdir()}
     make_image_dir(images, 3, start=5)
 
@@ -138,16 +138,16 @@ def test_a_crash_mid_write_leaves_the_previous_index_intact(tiny_run: Path, tmp_
 
     monkeypatch.setattr(store_module, "encode_into", crash)
     with pytest.raises(KeyboardInterrupt):
-        build_index(run, source_from_directory(images), tmp_path / "index", add=True, progress=False)
+        build_index(pipe, source_from_directory(images), tmp_path / "index", add=True, progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "index").iterdir()} == files_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "index"]  # no temporary directory left
     assert len(GalleryIndex.open(tmp_path / "index")) == 5
 
 
 def test_uploaded_style_query_ranks_the_identical_gallery_image_first(tiny_run: Path, tmp_path: Path) -> None:
-    run = load_run(tiny_run)
+    pipe = load(tiny_run)
     images = make_image_dir(tmp_path / "imgs", 8)
-    build_index(run, source_from_directory(images), tmp_path / "index", progress=False)
+    build_index(pipe, source_from_directory(images), tmp_path / "index", progress=False)
     retriever = Retriever.open(tmp_path / "index")
     vectors = retriever.index.vectors
     # a composed query equal to a gallery vector must come back first with score 1
@@ -167,8 +167,8 @@ def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_bad_index_input_is_one_line_naming_the_problem(tiny_run: Path, tiny_css: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "index")
-    assert "run directory not found" in cli_error(["index", str(tmp_path / "nope"), "--split", "test", "--out", out],
-                                                  capsys)
+    missing = cli_error(["index", str(tmp_path / "nope"), "--split", "test", "--out", out], capsys)
+    assert "run directory or model folder not found" in missing
     (tmp_path / "empty").mkdir()
     assert "no image files" in cli_error(["index", str(tiny_run), "--images", str(tmp_path / "empty"), "--out", out],
                                          capsys)
@@ -199,8 +199,8 @@ def test_add_refuses_an_index_encoded_by_other_weights(tiny_run: Path, tiny_css:
 
 
 def test_damaged_index_files_are_reported_not_crashed_on(tiny_run: Path, tmp_path: Path) -> None:
-    run = load_run(tiny_run)
-    build_index(run, source_from_directory(make_image_dir(tmp_path / "imgs", 3)), tmp_path / "index", progress=False)
+    pipe = load(tiny_run)
+    build_index(pipe, source_from_directory(make_image_dir(tmp_path / "imgs", 3)), tmp_path / "index", progress=False)
     np.save(tmp_path / "index" / "vectors.npy", np.zeros((2, 32), dtype=np.float32))
     with pytest.raises(CirlabError, match="rebuild it"):
         GalleryIndex.open(tmp_path / "index")
@@ -216,20 +216,20 @@ def test_damaged_index_files_are_reported_not_crashed_on(tiny_run: Path, tmp_pat
 
 def test_query_checks_that_the_run_still_holds_the_indexed_weights(tiny_run: Path, tiny_css: Path,
                                                                   tmp_path: Path) -> None:
-    run = load_run(tiny_run)
-    build_index(run, source_from_directory(make_image_dir(tmp_path / "imgs", 3)), tmp_path / "index", progress=False)
+    pipe = load(tiny_run)
+    build_index(pipe, source_from_directory(make_image_dir(tmp_path / "imgs", 3)), tmp_path / "index", progress=False)
     other = make_tiny_run(tiny_css, tmp_path / "other", seed=2)
     with pytest.raises(CirlabError, match="other weights"):
         Retriever.open(tmp_path / "index", other)
-    assert torch.is_tensor(Retriever.open(tmp_path / "index").run.model.norm_scale)
+    assert torch.is_tensor(Retriever.open(tmp_path / "index").pipeline.model.norm_scale)
 
 
 # --- hardening: damaged indexes are refused on open, crash leftovers are cleaned, ties are broken one way ---
 
 
 def small_index(tiny_run: Path, directory: Path, count: int = 4) -> Path:
-    run = load_run(tiny_run)
-    build_index(run, source_from_directory(make_image_dir(directory.parent / "imgs", count)), directory,
+    pipe = load(tiny_run)
+    build_index(pipe, source_from_directory(make_image_dir(directory.parent / "imgs", count)), directory,
                 progress=False)
     return directory
 
@@ -330,14 +330,14 @@ def test_a_killed_add_leaves_a_temporary_that_the_next_run_removes(tiny_run: Pat
 
     images = make_image_dir(tmp_path / "imgs", 4)
     index_dir = tmp_path / "idx_add"
-    build_index(load_run(tiny_run), source_from_directory(images), index_dir, progress=False)
+    build_index(load(tiny_run), source_from_directory(images), index_dir, progress=False)
     make_image_dir(images, 2, start=4)
     script = ("import os, signal, sys\n"
               "from cirlab.index import store\n"
               "from cirlab.index.gallery import source_from_directory\n"
-              "from cirlab.training import load_run\n"
+              "from cirlab.inference import load\n"
               "store.encode_into = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-              "store.build_index(load_run(sys.argv[1]), source_from_directory(sys.argv[2]), sys.argv[3], add=True,"
+              "store.build_index(load(sys.argv[1]), source_from_directory(sys.argv[2]), sys.argv[3], add=True,"
               " progress=False)\n")
     done = subprocess.run([sys.executable, "-c", script, str(tiny_run), str(images), str(index_dir)],
                           capture_output=True, text=True, timeout=120)
@@ -348,7 +348,7 @@ def test_a_killed_add_leaves_a_temporary_that_the_next_run_removes(tiny_run: Pat
     (tmp_path / ".idx_add.tmp-notes").write_text("mine")
     (tmp_path / ".idx_add.tmp-1-deadbeef").mkdir()
     (tmp_path / ".idx_add.tmp-1-deadbeef" / "thesis.tex").write_text("mine")
-    summary = build_index(load_run(tiny_run), source_from_directory(images), index_dir, add=True, progress=False)
+    summary = build_index(load(tiny_run), source_from_directory(images), index_dir, add=True, progress=False)
     assert summary.added == 2 and [p.name for p in summary.removed_stale] == leftovers
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [".idx_add.tmp-1-deadbeef", ".idx_add.tmp-notes", "idx_add", "imgs"]

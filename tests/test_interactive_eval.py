@@ -28,7 +28,7 @@ from cirlab.evaluation.interactive import (
     success_by_turn,
 )
 from cirlab.evaluation.plots import SIZE
-from cirlab.training import load_run, open_dataset
+from cirlab.inference import load
 from cirlab.utils.errors import CirlabError
 
 
@@ -113,7 +113,7 @@ def run_dir(tiny_css: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(run_dir: Path) -> CSSDataset:
-    return open_dataset(load_run(run_dir).config, "test")
+    return load(run_dir).open_dataset("test")
 
 
 def test_one_modification_is_one_step_and_steps_are_a_path(dataset: CSSDataset) -> None:
@@ -147,11 +147,11 @@ def test_episodes_respect_the_step_range_and_the_seed(dataset: CSSDataset) -> No
 
 def test_the_model_loop_matches_its_logs_and_a_gallery_sized_k_always_succeeds(run_dir: Path,
                                                                                dataset: CSSDataset) -> None:
-    run = load_run(run_dir)
+    pipe = load(run_dir)
     config = InteractiveConfig(turns=3, k=5, episodes=20)
-    result = interactive_eval(run, dataset, config, progress=False)
+    result = interactive_eval(pipe, dataset, config, progress=False)
     user = dataset.simulated_user()
-    played = simulate(user, sample_episodes(user, config), model_search(run, dataset, progress=False), 3, 5)
+    played = simulate(user, sample_episodes(user, config), model_search(pipe, dataset, progress=False), 3, 5)
     assert result["examples"] == [
         {"reference": e.reference, "target": e.target, "steps": e.steps,
          "turns": [vars(t) for t in e.turns]} for e in played[:5]]
@@ -170,7 +170,7 @@ def test_the_model_loop_matches_its_logs_and_a_gallery_sized_k_always_succeeds(r
     assert result["turns"][0] == {"turn": 0, "success@k": 0.0, "success@1": 0.0,
                                   "mean_steps_left": pytest.approx(np.mean([e.steps for e in played]))}
     assert "success@5" in format_table(result)
-    everything = interactive_eval(run, dataset, InteractiveConfig(turns=2, k=len(dataset) - 1, episodes=10),
+    everything = interactive_eval(pipe, dataset, InteractiveConfig(turns=2, k=len(dataset) - 1, episodes=10),
                                   progress=False)
     assert everything["turns"][1]["success@k"] == 1.0 and everything["turns"][1]["mean_steps_left"] == 0.0
 
@@ -200,4 +200,4 @@ def test_bad_settings_and_datasets_without_a_user_are_clear_errors(run_dir: Path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interactive-eval needs a dataset that can simulate a user" in err[0]
     with pytest.raises(CirlabError, match="'css' cannot state"):
-        require_simulated_user(open_dataset(load_run(run_dir).config, "test"))
+        require_simulated_user(load(run_dir).open_dataset("test"))

@@ -1,4 +1,4 @@
-"""The TIRG family: shapes, gradient flow, determinism, registry errors, save/load through a run directory."""
+"""The TIRG family: shapes, gradient flow, determinism, registry errors, save/load through a model folder."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
+from cirlab.datasets.transforms import Preprocess
 from cirlab.losses import LOSSES
-from cirlab.models import MODELS, build_model
-from cirlab.training.config import TrainConfig
-from cirlab.training.run_dir import load_model, save_config, save_model
+from cirlab.models import MODELS, CompositionModel, build_model
 from cirlab.utils.errors import CirlabError
 
 CORE = ["imgonly", "textonly", "concat", "tirg", "tirg_lastconv"]
@@ -67,15 +66,12 @@ def test_unknown_model_lists_choices() -> None:
         MODELS.get("nope")
 
 
-def test_run_directory_round_trip(tmp_path: Path) -> None:
+def test_model_folder_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    config = TrainConfig(model=tiny_model_config("tirg"))
-    model = build_model(config.model, texts=TEXTS).eval()
-    save_config(tmp_path, config)
-    model.text_encoder.save_assets(tmp_path)
-    save_model(tmp_path, model)
-    loaded, loaded_config = load_model(tmp_path)
-    assert loaded_config == config
+    model = build_model(tiny_model_config("tirg"), texts=TEXTS).eval()
+    model.save_pretrained(tmp_path, Preprocess(size=64))
+    loaded = CompositionModel.from_pretrained(tmp_path)
+    assert loaded.config == model.config and not loaded.training
     src, texts, _ = _batch()
     torch.testing.assert_close(loaded.compose(src, texts), model.compose(src, texts), rtol=0, atol=0)
     assert not any(p.suffix in (".pt", ".pth", ".pkl") for p in tmp_path.iterdir())

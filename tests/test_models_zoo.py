@@ -10,9 +10,7 @@ import torch
 from conftest import tiny_model_config
 
 from cirlab.losses import LOSSES
-from cirlab.models import build_model
-from cirlab.training.config import TrainConfig
-from cirlab.training.run_dir import load_model, save_config, save_model
+from cirlab.models import CompositionModel, build_model
 from cirlab.utils.errors import CirlabError
 
 ZOO_OPTIONS: dict[str, dict] = {
@@ -326,14 +324,11 @@ def test_loss_weights_are_overridable() -> None:
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_run_directory_round_trip(name: str, tmp_path: Path) -> None:
+def test_model_folder_round_trip(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    config = TrainConfig(model=tiny_model_config(name, options=ZOO_OPTIONS[name]))
-    model = build_model(config.model, texts=TEXTS).eval()
-    save_config(tmp_path, config)
-    model.text_encoder.save_assets(tmp_path)
-    save_model(tmp_path, model)
-    loaded, _ = load_model(tmp_path)
+    model = build_model(tiny_model_config(name, options=ZOO_OPTIONS[name]), texts=TEXTS).eval()
+    model.save_pretrained(tmp_path)
+    loaded = CompositionModel.from_pretrained(tmp_path)
     src, texts, tgt = _batch(3)
     torch.testing.assert_close(loaded.compose(src, texts), model.compose(src, texts), rtol=0, atol=0)
     torch.testing.assert_close(loaded.embed_target(tgt), model.embed_target(tgt), rtol=0, atol=0)

@@ -10,10 +10,13 @@ import torch
 from conftest import tiny_model_config
 
 from cirlab.evaluation import evaluate_dataset
+from cirlab.inference import Pipeline
+from cirlab.inference import precision as prec
 from cirlab.models import build_model
-from cirlab.training import TrainConfig, Trainer, make_transform, open_dataset
-from cirlab.training import precision as prec
+from cirlab.training import TrainConfig, Trainer, open_dataset
 from cirlab.training import trainer as trainer_module
+from cirlab.training.precision import compile_model, grad_scaler
+from cirlab.training.run_dir import run_preprocess
 from cirlab.utils.errors import CirlabError
 
 
@@ -33,7 +36,7 @@ def test_defaults_are_fp32_eager_and_fp16_needs_cuda() -> None:
         prec.check_precision("fp16", cpu)
     with pytest.raises(CirlabError, match="precision must be one of fp32, bf16, fp16, not 'fp8'"):
         prec.check_precision("fp8", cpu)
-    assert not prec.grad_scaler(cpu, "fp32").is_enabled()
+    assert not grad_scaler(cpu, "fp32").is_enabled()
     with prec.autocast(cpu, "fp32"):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
     with prec.autocast(cpu, "bf16"):
@@ -58,9 +61,10 @@ def test_bf16_evaluation_is_close_to_fp32(tiny_css: Path) -> None:
     torch.manual_seed(0)
     dataset = open_dataset(config, "test")
     model = build_model(config.model, texts=dataset.train_texts())
-    transform = make_transform(config, model, train=False)
-    fp32 = evaluate_dataset(model, dataset, transform, 64, progress=False)["metrics"]
-    bf16 = evaluate_dataset(model, dataset, transform, 64, progress=False, precision="bf16")["metrics"]
+    preprocess = run_preprocess(config, model)
+    fp32 = evaluate_dataset(Pipeline(model, preprocess, batch_size=64), dataset, progress=False)["metrics"]
+    bf16 = evaluate_dataset(Pipeline(model, preprocess, precision="bf16", batch_size=64), dataset,
+                            progress=False)["metrics"]
     assert fp32.keys() == bf16.keys()
     assert all(abs(fp32[k] - bf16[k]) <= 0.1 for k in fp32)
 
@@ -78,7 +82,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch: pytes
     with torch.no_grad():
         expected = model.compose(images, ["make it red", "add a cube"])
     monkeypatch.setattr(torch, "compile", broken_compile)
-    prec.compile_model(model)
+    compile_model(model)
     with torch.no_grad():
         for _ in range(2):
             torch.testing.assert_close(model.compose(images, ["make it red", "add a cube"]), expected)
@@ -98,7 +102,7 @@ def test_compiled_functions_are_used_when_compiling_works(monkeypatch: pytest.Mo
         return call
 
     monkeypatch.setattr(torch, "compile", counting_compile)
-    model = prec.compile_model(build_model(tiny_model_config(), texts=["a"]).eval())
+    model = compile_model(build_model(tiny_model_config(), texts=["a"]).eval())
     with torch.no_grad():
         model.compose(torch.rand(2, 3, 16, 16), ["a", "a"])
         model.embed_target(torch.rand(2, 3, 16, 16))

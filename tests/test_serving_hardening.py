@@ -29,9 +29,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cirlab.index import Retriever, build_index, source_from_dataset, source_from_directory
+from cirlab.inference import load
 from cirlab.serving import Limits, create_app
 from cirlab.serving.app import RepeatedLogFilter
-from cirlab.training import load_run, open_dataset
 
 LIMITS = Limits(max_upload_bytes=100_000, max_pixels=500_000, max_text_chars=50, max_k=20)
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -44,9 +44,9 @@ def run_dir(tiny_css: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def index_dir(run_dir: Path) -> Path:
-    run = load_run(run_dir)
+    pipe = load(run_dir)
     out = run_dir.parent / "index"
-    build_index(run, source_from_dataset(open_dataset(run.config, "test")), out, progress=False)
+    build_index(pipe, source_from_dataset(pipe.open_dataset("test")), out, progress=False)
     return out
 
 
@@ -288,7 +288,7 @@ def tie_retriever(run_dir: Path) -> Retriever:
     picture = image_bytes((48, 48), color="teal")
     for i in range(40):
         (folder / f"same_{i:02d}.png").write_bytes(picture)
-    build_index(load_run(run_dir), source_from_directory(folder), run_dir.parent / "same_index", progress=False)
+    build_index(load(run_dir), source_from_directory(folder), run_dir.parent / "same_index", progress=False)
     return Retriever.open(run_dir.parent / "same_index")
 
 
@@ -377,7 +377,7 @@ def test_a_client_that_leaves_while_queued_does_not_stop_the_search_worker(
 def test_an_unreadable_gallery_file_keeps_its_path_out_of_the_error(run_dir: Path, caplog: pytest.LogCaptureFixture,
                                                                     tmp_path: Path) -> None:
     images = make_image_dir(tmp_path / "imgs", 3)
-    build_index(load_run(run_dir), source_from_directory(images), tmp_path / "index", progress=False)
+    build_index(load(run_dir), source_from_directory(images), tmp_path / "index", progress=False)
     broken = images / "img_001.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken since indexing")
     local = TestClient(create_app(Retriever.open(tmp_path / "index"), LIMITS), raise_server_exceptions=False)
@@ -475,14 +475,14 @@ def test_a_stalled_request_body_gets_408(retriever: Retriever) -> None:
 
 def test_a_running_server_serves_images_added_to_its_index(run_dir: Path, tmp_path: Path) -> None:
     images = make_image_dir(tmp_path / "imgs", 4)
-    run = load_run(run_dir)
-    build_index(run, source_from_directory(images), tmp_path / "index", progress=False)
+    pipe = load(run_dir)
+    build_index(pipe, source_from_directory(images), tmp_path / "index", progress=False)
     live = TestClient(create_app(Retriever.open(tmp_path / "index"), LIMITS, reload_check_s=0),
                       raise_server_exceptions=False)
     assert live.get("/api/health").json()["images"] == 4
     assert live.post("/api/search", data={"id": "img_001", "text": "red", "k": "20"}).json()["results"]
     make_image_dir(images, 3, start=4)
-    build_index(run, source_from_directory(images), tmp_path / "index", add=True, progress=False)
+    build_index(pipe, source_from_directory(images), tmp_path / "index", add=True, progress=False)
     found = live.post("/api/search", data={"id": "img_001", "text": "red", "k": "20"}).json()["results"]
     assert len(found) == 6 and "img_005" in [r["id"] for r in found]
     assert live.get("/api/gallery").json()["total"] == 7
@@ -490,7 +490,7 @@ def test_a_running_server_serves_images_added_to_its_index(run_dir: Path, tmp_pa
     health = live.get("/api/health").json()
     assert health["images"] == 7 and health["served"]["reloads"] == 1
     # an index rebuilt with other weights is not picked up: the server keeps answering with the one it has
-    other = load_run(make_tiny_run(Path(run.config.data_root), tmp_path / "other", seed=3))
+    other = load(make_tiny_run(Path(pipe.run.data_root), tmp_path / "other", seed=3))
     shutil.rmtree(tmp_path / "index")
     build_index(other, source_from_directory(images), tmp_path / "index", progress=False)
     assert live.post("/api/search", data={"id": "img_001", "text": "red"}).status_code == 200

@@ -14,9 +14,11 @@ import shutil
 import time
 from pathlib import Path
 
+from cirlab.cli._device import add_device_argument
 from cirlab.datasets.css import CSS_FILE
-from cirlab.evaluation import evaluate_run, make_eval_fn
-from cirlab.training import TrainConfig, Trainer, load_run, open_dataset
+from cirlab.evaluation import evaluate, make_eval_fn
+from cirlab.inference import RunSpec, load
+from cirlab.training import TrainConfig, Trainer
 from cirlab.training.checkpoint import has_checkpoint
 from cirlab.training.recipes import recipe
 from cirlab.training.run_dir import read_metrics
@@ -45,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="train again even if a finished run exists")
     p.add_argument("--force", action="store_true",
                    help="write into an --out that holds files of the same names not made by the demo")
+    add_device_argument(p, default="auto")
     add_threads_argument(p)
     p.set_defaults(handler=handle)
 
@@ -54,7 +57,7 @@ def demo_config(data_root: Path, args: argparse.Namespace) -> TrainConfig:
     `DEMO_EVALS` times (the evaluations count against the time budget)."""
     return recipe("demo", data_root=str(data_root), iters=args.iters, lr_decay_every=int(args.iters * 0.75),
                   eval_every=max(1, -(-args.iters // DEMO_EVALS)), seed=args.seed, minutes=args.minutes,
-                  model={"name": args.model})
+                  device=args.device, model={"name": args.model})
 
 
 def claim_out_dir(out: Path, force: bool) -> None:
@@ -97,17 +100,18 @@ def handle(args: argparse.Namespace) -> int:
         config = demo_config(data_root, args)
         print(f"[2/4] training {config.model.name} ({config.model.image_encoder} + LSTM) for up to {config.iters} "
               f"iterations or {config.minutes:g} minutes{' (resuming)' if resume else ''}")
-        summary = Trainer(config, run_dir, evaluate=make_eval_fn(config, progress=False)).train(resume=resume)
+        evaluate_fn = make_eval_fn(RunSpec.from_train_dict(config.to_dict()), progress=False)
+        summary = Trainer(config, run_dir, evaluate=evaluate_fn).train(resume=resume)
         if summary["interrupted"]:
             print(f"interrupted; run `cirlab demo --out {out}` again to resume")
             return 130
     print("[3/4] evaluating on the test split (TIRG's CSS protocol)")
-    result = evaluate_run(run_dir, "test")
+    pipe = load(run_dir, device=args.device)
+    test = pipe.open_dataset("test")
+    result = evaluate(pipe, test, progress=True)
     write_json_atomic(run_dir / "eval_test.json", result)
     print("[4/4] writing the report")
-    loaded = load_run(run_dir)
-    paths = write_report(out, loaded, open_dataset(loaded.config, "test"), result, summary,
-                         history=read_metrics(run_dir).get("history", []))
+    paths = write_report(out, pipe, test, result, summary, history=read_metrics(run_dir).get("history", []))
     print()
     for k in (1, 5, 10, 50, 100):
         print(f"  Recall@{k:<4} {100 * result[f'recall@{k}']:6.2f}")

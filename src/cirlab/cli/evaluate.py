@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
+from cirlab.cli._device import add_device_argument
 from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.evaluation import evaluate_run
-from cirlab.training import distributed, load_config
+from cirlab.inference import distributed
+from cirlab.training import load_config
 from cirlab.training.checkpoint import checkpoint_dir
 from cirlab.training.run_dir import METRICS_FILE, WEIGHTS_FILE, read_metrics
 from cirlab.utils.io import read_json, write_json_atomic
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE",
                    help="override a dataset option of the run (e.g. gallery_protocol=val-union)")
     p.add_argument("--skip-missing", action="store_true", help="drop queries whose images are missing")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    add_device_argument(p)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast of the encoders (default fp32; fp16 on CUDA only)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
@@ -71,12 +71,13 @@ def handle(args: argparse.Namespace) -> int:
     options = parse_key_values(args.dataset_option, "--dataset-option")
     if args.skip_missing:
         options["skip_missing"] = True
-    ctx = distributed.init_from_env(torch.device("cpu"))
+    device = distributed.rank_device(args.device)
+    ctx = distributed.current()
     notice = unfinished_notice(args.run_dir) if args.run_dir.is_dir() else None
     if notice and ctx.is_main:
         print(notice, file=sys.stderr, flush=True)
     result = evaluate_run(args.run_dir, args.split, args.data_root, progress=not args.json,
-                          dataset_options=options, device=args.device, precision=args.precision)
+                          dataset_options=options, device=device, precision=args.precision)
     if not ctx.is_main:  # under torchrun every rank encodes a shard; rank 0 reports
         return 0
     write_json_atomic(args.run_dir / f"eval_{result['split']}.json", result)

@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from cirlab.cli._device import add_device_argument
 from cirlab.cli._options import parse_key_values, print_json_line
 from cirlab.utils.threads import add_threads_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="encode a gallery with a trained run into a searchable index directory")
-    p.add_argument("run_dir", type=Path, help="trained run directory")
+    p.add_argument("run_dir", type=Path, help="trained run directory (or a model folder, with --images)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--split", help="index every image of this split of the run's dataset")
     what.add_argument("--images", type=Path, help="index every image file under this directory")
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="searcher parameter, e.g. nprobe=64, nlist=1024, m=16 (see docs/SERVING.md)")
     p.add_argument("--data-root", default=None, help="dataset location for --split, if it moved since training")
     p.add_argument("--batch-size", type=int, default=64)
+    add_device_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     add_threads_argument(p)
     p.set_defaults(handler=handle)
@@ -32,15 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from cirlab.index import build_index, source_from_dataset, source_from_directory
-    from cirlab.training import load_run, open_dataset
+    from cirlab.inference import load
 
     params = parse_key_values(args.param, "--param")
-    loaded = load_run(args.run_dir)
+    pipe = load(args.run_dir, device=args.device)
     if args.split:
-        source = source_from_dataset(open_dataset(loaded.config, args.split, args.data_root))
+        source = source_from_dataset(pipe.open_dataset(args.split, args.data_root))
     else:
         source = source_from_directory(args.images)
-    summary = build_index(loaded, source, args.out, kind=args.kind, params=params, add=args.add,
+    summary = build_index(pipe, source, args.out, kind=args.kind, params=params, add=args.add,
                           batch_size=args.batch_size, progress=not args.json)
     result = {"index": str(summary.directory), "count": summary.count, "added": summary.added,
               "already_indexed": summary.skipped, "kind": summary.kind, "seconds": round(summary.seconds, 2),

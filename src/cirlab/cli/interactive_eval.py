@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cirlab.cli._device import add_device_argument
 from cirlab.cli._options import print_json_line
 from cirlab.utils.threads import add_threads_argument
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="where to write interactive_eval.json/.png (default: the run directory)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    add_device_argument(p)
     add_threads_argument(p)
     p.set_defaults(handler=handle)
 
@@ -31,15 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from cirlab.evaluation.interactive import InteractiveConfig, format_table, interactive_eval
     from cirlab.evaluation.plots import success_curve_png
-    from cirlab.training import load_run, open_dataset
+    from cirlab.inference import load
     from cirlab.utils.io import write_json_atomic
 
     config = InteractiveConfig(turns=args.turns, k=args.k, episodes=args.episodes, seed=args.seed,
                                min_steps=args.min_steps, max_steps=args.max_steps)
     config.validate()
-    loaded = load_run(args.run_dir)
-    dataset = open_dataset(loaded.config, args.split, args.data_root)
-    result = interactive_eval(loaded, dataset, config, progress=not args.json)
+    pipe = load(args.run_dir, device=args.device)
+    dataset = pipe.open_dataset(args.split, args.data_root)
+    result = interactive_eval(pipe, dataset, config, progress=not args.json)
     result["run"] = str(args.run_dir)
     out = args.out or args.run_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cirlab.cli._device import add_device_argument
 from cirlab.cli._options import print_json_line
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.threads import add_threads_argument
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="results to print (default 10)")
     p.add_argument("--run", type=Path, default=None, help="run directory, if it moved since indexing")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    add_device_argument(p)
     add_threads_argument(p)
     p.set_defaults(handler=handle)
 
@@ -32,7 +34,7 @@ def handle(args: argparse.Namespace) -> int:
         raise CirlabError(f"-k must be >= 1, got {args.k}")
     if not args.text.strip():
         raise CirlabError("--text is empty")
-    retriever = Retriever.open(args.index_dir, args.run)
+    retriever = Retriever.open(args.index_dir, args.run, device=args.device)
     query = retriever.query_for_id(args.id, args.text) if args.id else ComposedQuery(load_rgb(args.image), args.text)
     hits = retriever.search([query], args.k)[0]
     if args.json:

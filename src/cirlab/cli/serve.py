@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 from pathlib import Path
 
+from cirlab.cli._device import add_device_argument
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.threads import add_threads_argument
 
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 10)")
     p.add_argument("--run", type=Path, default=None, help="run directory, if it moved since indexing")
     p.add_argument("--demo-dir", type=Path, default=Path("runs/demo"), help="where `cirlab demo` wrote its output")
+    add_device_argument(p)
     add_threads_argument(p)  # torch threads are set by cirlab.cli.main; FAISS gets the same count when given
     p.set_defaults(handler=handle)
 
@@ -95,8 +97,8 @@ def handle(args: argparse.Namespace) -> int:
             faiss.omp_set_num_threads(args.threads)
         except ImportError:
             pass
-    index_dir = args.index_dir if args.index_dir is not None else demo_index(args.demo_dir)
-    retriever = Retriever.open(index_dir, args.run)
+    index_dir = args.index_dir if args.index_dir is not None else demo_index(args.demo_dir, device=args.device)
+    retriever = Retriever.open(index_dir, args.run, device=args.device)
     sock = bind_socket(args.host, args.port)
     chosen = {"max_pixels": args.max_pixels, "read_timeout_s": args.read_timeout}
     limits = Limits(**{key: value for key, value in chosen.items() if value is not None})

@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from cirlab.cli._device import add_device_argument
 from cirlab.cli._options import print_json_line
 from cirlab.evaluation.cirr_submission import check_size, rank_cirr_submission
-from cirlab.training import load_model, make_transform, open_dataset
-from cirlab.training.trainer import resolve_device
+from cirlab.inference import load
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import write_text_atomic
 
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test1", help="split to rank (default test1; val works for checking)")
     p.add_argument("--name", default="", help="suffix of the file names (recall_submission_<name>.json)")
     p.add_argument("--skip-missing", action="store_true", help="drop queries/gallery images that are missing")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
+    add_device_argument(p)
     p.add_argument("--force", action="store_true", help="replace submission files of the same names in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.set_defaults(handler=handle)
@@ -54,16 +54,13 @@ def output_paths(out: Path, name: str, force: bool) -> tuple[Path, Path]:
 
 def handle(args: argparse.Namespace) -> int:
     recall_path, subset_path = output_paths(args.out, args.name, args.force)
-    model, config = load_model(args.run_dir)
-    if config.dataset != "cirr":
-        raise CirlabError(f"{args.run_dir} was trained on {config.dataset!r}; submit-cirr needs a CIRR run")
-    model.to(resolve_device(args.device))
-    if args.skip_missing:
-        config.dataset_options = {**config.dataset_options, "skip_missing": True}
-    dataset = open_dataset(config, args.split, args.data_root)
+    pipe = load(args.run_dir, device=args.device)
+    if pipe.run is None or pipe.run.dataset != "cirr":
+        trained_on = f"was trained on {pipe.run.dataset!r}" if pipe.run is not None else "is not a run directory"
+        raise CirlabError(f"{args.run_dir} {trained_on}; submit-cirr needs a CIRR run")
+    dataset = pipe.open_dataset(args.split, args.data_root, **({"skip_missing": True} if args.skip_missing else {}))
     total = len(dataset.queries)
-    submission = rank_cirr_submission(model, dataset, make_transform(config, model, train=False),
-                                      config.eval_batch_size, progress=not args.json)
+    submission = rank_cirr_submission(pipe, dataset, progress=not args.json)
     ranked = submission.queries
     if ranked < total:
         print(f"cirlab: warning: {total - ranked} of {total} {args.split} queries were dropped for missing images; "

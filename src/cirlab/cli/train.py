@@ -14,17 +14,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from cirlab import api
 from cirlab.cli import _seed_flags as seed_flags
 from cirlab.cli._options import check_run_options, options_table, parse_key_values, print_json_line
 from cirlab.datasets import DATASETS
-from cirlab.evaluation import make_cached_eval_fn, make_eval_fn
+from cirlab.inference import distributed
 from cirlab.losses import LOSSES
 from cirlab.models import MODELS, ModelConfig
-from cirlab.training import TrainConfig, Trainer, distributed, load_config
+from cirlab.training import TrainConfig, load_config
 from cirlab.training.checkpoint import has_checkpoint
 from cirlab.training.recipes import apply_overrides, load_recipe
-from cirlab.training.run_dir import check_new_run_dir, load_config_file, open_dataset, removed_on_failure
-from cirlab.training.trainer import resolve_device
+from cirlab.training.run_dir import check_new_run_dir, load_config_file, open_dataset
+from cirlab.utils.device import resolve_device
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.threads import add_threads_argument
 
@@ -271,15 +272,8 @@ def handle(args: argparse.Namespace) -> int:
         apply_epochs(config, seed, explicit_iters=args.iters is not None)
     if ctx.is_main:
         print_resolved(config, seed)
-    distributed.barrier(ctx)  # every rank has checked the run directory before rank 0 writes into it
-    if args.no_eval:
-        evaluate = None
-    elif config.feature_cache:
-        evaluate = make_cached_eval_fn(config, run_dir, progress=not args.json)
-    else:
-        evaluate = make_eval_fn(config, progress=not args.json)
-    with removed_on_failure(run_dir, enabled=ctx.is_main and not args.resume):  # a failed start leaves nothing
-        summary = Trainer(config, run_dir, evaluate, progress=True).train(resume=args.resume)
+    distributed.barrier(ctx)
+    summary = api.train(config, run_dir, resume=args.resume, evaluate=not args.no_eval, eval_progress=not args.json)
     if not ctx.is_main:
         return 130 if summary["interrupted"] else 0
     metrics = summary.get("metrics", {})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,6 +83,52 @@ class ImageTransform:
         else:
             left, top = (nw - self.size) // 2, (nh - self.size) // 2
         return img.crop((left, top, left + self.size, top + self.size))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The evaluation-time preprocessing a model expects, saved as the "preprocess" block of its folder's
+    config.json so that a loaded model never depends on a dataset class's defaults: resize the shorter side to
+    `size` and centre-crop (0 keeps the image as it is), optional `pad` first, then normalise by `mean`/`std`."""
+
+    size: int = 224
+    pad: str = "none"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise CirlabError(f"preprocess.size must be a non-negative integer, not {self.size!r}")
+        if self.pad not in PAD_MODES:
+            raise CirlabError(f"preprocess.pad must be one of {', '.join(PAD_MODES)}, not {self.pad!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if (not isinstance(values, list | tuple) or len(values) != 3
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
+                raise CirlabError(f"preprocess.{name} must be three numbers (R, G, B), not {values!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if min(self.std) <= 0:
+            raise CirlabError(f"preprocess.std must be positive, not {self.std!r}")
+
+    def transform(self, train: bool = False, flip: bool = True) -> ImageTransform:
+        """The transform: evaluation's by default; `train` adds random crops (and flips when `flip`)."""
+        return ImageTransform(size=self.size, train=train, flip=flip, pad=self.pad, mean=self.mean, std=self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "preprocess") -> Preprocess:
+        """A config.json "preprocess" block, checked field by field (CirlabError naming `where`)."""
+        if not isinstance(data, dict):
+            raise CirlabError(f"{where} must be a JSON object with size, pad, mean and std")
+        unknown = sorted(set(data) - {"size", "pad", "mean", "std"})
+        if unknown:
+            raise CirlabError(f"{where} has unknown fields: {unknown}")
+        try:
+            return cls(**data)
+        except CirlabError as exc:
+            raise CirlabError(f"{where}: {exc}") from None
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

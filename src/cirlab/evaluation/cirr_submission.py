@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from cirlab.datasets import CIRDataset, EvalSet
-from cirlab.evaluation.evaluator import encode_gallery, encode_queries
 from cirlab.evaluation.recall import topk_chunked
+from cirlab.inference import Pipeline
 from cirlab.utils.errors import CirlabError
 
 VERSION = "rc2"
@@ -79,15 +78,14 @@ def check_size(path: str | Path, text: str) -> None:
 
 
 @torch.no_grad()
-def rank_cirr_submission(model: torch.nn.Module, dataset: CIRDataset, transform: Any, batch_size: int = 128,
-                         progress: bool = True) -> CIRRSubmission:
+def rank_cirr_submission(pipe: Pipeline, dataset: CIRDataset, progress: bool = True) -> CIRRSubmission:
     """Rank every query of the dataset's (single) eval set for both server metrics."""
     sets = dataset.eval_sets()
     if len(sets) != 1:
         raise CirlabError(f"a CIRR submission needs one eval set, {dataset.name} gives {len(sets)}")
     s = sets[0]
-    gallery = encode_gallery(model, dataset, s.gallery_images, transform, batch_size, progress)
-    queries = encode_queries(model, dataset, s.query_images, s.query_texts, transform, batch_size, progress)
+    gallery = pipe.embed_dataset(dataset, s.gallery_images, progress)
+    queries = pipe.compose_dataset(dataset, s.query_images, s.query_texts, progress)
     names = [dataset.image_name(i) for i in s.gallery_images]
     recall, subset = submission_rankings(s, queries, gallery, names)
     return CIRRSubmission(recall, subset, s.num_queries)

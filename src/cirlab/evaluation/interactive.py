@@ -22,9 +22,8 @@ import torch
 
 from cirlab.datasets import CIRDataset
 from cirlab.datasets.simulated_user import SimulatedUser
-from cirlab.evaluation.evaluator import encode_gallery, encode_queries
 from cirlab.evaluation.recall import topk_chunked
-from cirlab.training import LoadedRun
+from cirlab.inference import Pipeline
 from cirlab.utils.errors import CirlabError
 
 #: (references, texts, k) -> (len(references), k) image indices, best first, each reference left out of its row.
@@ -149,27 +148,27 @@ def success_by_turn(episodes: Sequence[Episode], turns: int) -> list[dict[str, A
     return rows
 
 
-def model_search(run: LoadedRun, dataset: CIRDataset, progress: bool = True) -> SearchFn:
-    """A `SearchFn` over every image of `dataset` with the run's model (the gallery is encoded once, now)."""
-    gallery = encode_gallery(run.model, dataset, list(range(len(dataset))), run.transform, progress=progress)
+def model_search(pipe: Pipeline, dataset: CIRDataset, progress: bool = True) -> SearchFn:
+    """A `SearchFn` over every image of `dataset` with the pipeline's model (the gallery is encoded once, now)."""
+    gallery = pipe.embed_dataset(dataset, list(range(len(dataset))), progress=progress)
 
     @torch.no_grad()
     def search(references: Sequence[int], texts: Sequence[str], k: int) -> np.ndarray:
-        queries = encode_queries(run.model, dataset, list(references), list(texts), run.transform, progress=False)
+        queries = pipe.compose_dataset(dataset, list(references), list(texts))
         _, top = topk_chunked(queries, gallery, k, exclude=np.asarray(references, dtype=np.int64))
         return top.numpy()
 
     return search
 
 
-def interactive_eval(run: LoadedRun, dataset: CIRDataset, config: InteractiveConfig, progress: bool = True
+def interactive_eval(pipe: Pipeline, dataset: CIRDataset, config: InteractiveConfig, progress: bool = True
                      ) -> dict[str, Any]:
-    """Simulate the episodes with the run's model; per turn the rows of `success_by_turn` (turn 0 is the
+    """Simulate the episodes with the pipeline's model; per turn the rows of `success_by_turn` (turn 0 is the
     starting point: nothing found, initial distances), with the first five episodes as examples."""
     config.validate()
     user = require_simulated_user(dataset)
     episodes = sample_episodes(user, config)
-    played = simulate(user, episodes, model_search(run, dataset, progress), config.turns, config.k)
+    played = simulate(user, episodes, model_search(pipe, dataset, progress), config.turns, config.k)
     steps = [s for _, _, s in episodes]
     return {"config": asdict(config), "episodes": len(episodes), "gallery": len(dataset), "split": dataset.split,
             "steps_histogram": {str(s): steps.count(s) for s in sorted(set(steps))},

@@ -18,10 +18,10 @@ from PIL import Image, ImageDraw
 
 from cirlab.datasets import CIRDataset, EvalSet
 from cirlab.evaluation import drawing
-from cirlab.evaluation.evaluator import encode_gallery, encode_queries
 from cirlab.evaluation.plots import recall_bar_chart, training_curve_png
 from cirlab.evaluation.recall import topk_chunked
-from cirlab.training import LoadedRun
+from cirlab.inference import Pipeline
+from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import write_text_atomic
 
 HIT, MISS, INK = (30, 160, 60), (210, 50, 50), (30, 30, 30)
@@ -32,14 +32,14 @@ def _pick_queries(eval_set: EvalSet, count: int, seed: int) -> list[int]:
     return sorted(rng.choice(eval_set.num_queries, size=min(count, eval_set.num_queries), replace=False).tolist())
 
 
-def example_grid(run: LoadedRun, dataset: CIRDataset, path: Path, count: int = 6, top: int = 5, seed: int = 0,
+def example_grid(pipe: Pipeline, dataset: CIRDataset, path: Path, count: int = 6, top: int = 5, seed: int = 0,
                  progress: bool = False) -> Path:
     """Draw `count` test queries with their top-`top` retrievals (green frame: hit, red: miss)."""
     eval_set = dataset.eval_sets()[0]
     picked = _pick_queries(eval_set, count, seed)
-    gallery = encode_gallery(run.model, dataset, eval_set.gallery_images, run.transform, progress=progress)
-    queries = encode_queries(run.model, dataset, [eval_set.query_images[q] for q in picked],
-                             [eval_set.query_texts[q] for q in picked], run.transform, progress=progress)
+    gallery = pipe.embed_dataset(dataset, eval_set.gallery_images, progress=progress)
+    queries = pipe.compose_dataset(dataset, [eval_set.query_images[q] for q in picked],
+                                   [eval_set.query_texts[q] for q in picked], progress=progress)
     _, positions = topk_chunked(queries, gallery, top, exclude=eval_set.exclude[picked])
     primary = next(iter(eval_set.query_labels))
     q_labels, g_labels = eval_set.query_labels[primary], eval_set.gallery_labels[primary]
@@ -84,30 +84,32 @@ def training_section(history: Sequence[Mapping[str, Any]], split: str) -> list[s
             "![training curve](training.png)", ""]
 
 
-def write_report(out_dir: str | Path, run: LoadedRun, dataset: CIRDataset, result: dict[str, Any],
+def write_report(out_dir: str | Path, pipe: Pipeline, dataset: CIRDataset, result: dict[str, Any],
                  summary: dict[str, Any], history: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Path]:
     """Write report.md, recall.png, examples.png and, given the run's metrics.json `history`, training.png
-    into `out_dir`; returns their paths."""
+    into `out_dir`; returns their paths. `pipe` is a loaded run directory (its train settings are reported)."""
+    if pipe.run is None or pipe.directory is None:
+        raise CirlabError("a report describes a trained run: load a run directory, not a bare model folder")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {k: v for k, v in result.items() if "recall" in k and isinstance(v, float)}
-    cfg = run.config
-    title = f"{cfg.model.name} on {cfg.dataset} ({result['split']}): Recall@K"
+    model, run, train = pipe.model.config, pipe.run, pipe.run.train
+    title = f"{model.name} on {run.dataset} ({result['split']}): Recall@K"
     paths = {"report": out / "report.md", "recall chart": recall_bar_chart(metrics, title, out / "recall.png")}
     if history is not None:
         paths["training curve"] = training_curve_png(history, out / "training.png",
-                                                     f"{cfg.model.name} on {cfg.dataset}: training",
-                                                     source=str(run.run_dir / "metrics.json"))
+                                                     f"{model.name} on {run.dataset}: training",
+                                                     source=str(pipe.directory / "metrics.json"))
     torch.manual_seed(0)
-    paths["examples"] = example_grid(run, dataset, out / "examples.png")
+    paths["examples"] = example_grid(pipe, dataset, out / "examples.png")
     lines = [
-        f"# cirlab report: {cfg.model.name} on {cfg.dataset}",
+        f"# cirlab report: {model.name} on {run.dataset}",
         "",
-        f"- run directory: `{run.run_dir}`",
-        f"- model: `{cfg.model.name}` (image encoder `{cfg.model.image_encoder}`, text encoder "
-        f"`{cfg.model.text_encoder}`, {cfg.model.embed_dim}-d), loss `{cfg.loss}`",
-        f"- training: {summary.get('iterations', '?')} iterations of batch {cfg.batch_size} in "
-        f"{float(summary.get('train_seconds', 0)):.0f} s (lr {cfg.lr}, seed {cfg.seed})",
+        f"- run directory: `{pipe.directory}`",
+        f"- model: `{model.name}` (image encoder `{model.image_encoder}`, text encoder "
+        f"`{model.text_encoder}`, {model.embed_dim}-d), loss `{train.get('loss', '?')}`",
+        f"- training: {summary.get('iterations', '?')} iterations of batch {train.get('batch_size', '?')} in "
+        f"{float(summary.get('train_seconds', 0)):.0f} s (lr {train.get('lr', '?')}, seed {train.get('seed', '?')})",
         f"- evaluation: {result['queries']} queries, gallery {result['gallery']}; protocol: {result['protocol']}",
         "",
         "## Recall@K (%)",
@@ -116,7 +118,7 @@ def write_report(out_dir: str | Path, run: LoadedRun, dataset: CIRDataset, resul
         "",
         "![Recall@K](recall.png)",
         "",
-        *(training_section(history, cfg.eval_split) if history is not None else []),
+        *(training_section(history, run.eval_split) if history is not None else []),
         "## Example retrievals",
         "",
         "Reference image and text on the left, the top-5 results on the right: a green frame is a correct result "

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cirlab.datasets.base import load_rgb
 from cirlab.index.store import GalleryIndex, index_stamp, weights_fingerprint
-from cirlab.training import LoadedRun, load_run
+from cirlab.inference import Pipeline, load
 from cirlab.utils.errors import CirlabError
 
 
@@ -35,27 +35,33 @@ class ComposedQuery:
 
 
 class Retriever:
-    """A trained run and the index it encoded, loaded once: `search` composes and ranks in one batch.
+    """A model (`Pipeline`) and the index it encoded, loaded once: `search` composes and ranks in one batch.
 
     `refresh` re-opens the index when its directory was rewritten (`cirlab index --add`, or a rebuild with the
     same weights); every method reads `self.index` once, so a search never mixes two versions.
     """
 
-    def __init__(self, run: LoadedRun, index: GalleryIndex) -> None:
-        self.run = run
+    def __init__(self, pipeline: Pipeline, index: GalleryIndex) -> None:
+        self.pipeline = pipeline
         self.index = index
 
     @classmethod
-    def open(cls, index_dir: str | Path, run_dir: str | Path | None = None) -> Retriever:
-        """Open an index and the run it points to (or `run_dir`, which must hold the same weights)."""
+    def open(cls, index_dir: str | Path, run_dir: str | Path | None = None, device: str = "cpu") -> Retriever:
+        """Open an index and the run it points to (or `run_dir`, which must hold the same weights), the model on
+        `device`. The index names its run relative to itself and absolutely: the first that holds the same
+        weights is used, so moving the run and the index together, or the index alone, keeps working."""
         index = GalleryIndex.open(index_dir)
-        run_dir = Path(run_dir) if run_dir is not None else index.run_dir
-        if not run_dir.is_dir():
-            raise CirlabError(f"index {index_dir} points to run {run_dir}, which does not exist (moved? pass --run)")
-        if weights_fingerprint(run_dir) != index.meta["run"]["weights_sha256"]:
-            raise CirlabError(f"{run_dir} holds other weights than the ones index {index_dir} was encoded with "
+        wanted = index.meta["run"]["weights_sha256"]
+        candidates = [Path(run_dir)] if run_dir is not None else index.run_candidates()
+        existing = [c for c in candidates if c.is_dir()]
+        if not existing:
+            raise CirlabError(f"index {index_dir} points to run {candidates[0]}, which does not exist "
+                              f"(moved? pass --run)")
+        matching = next((c for c in existing if weights_fingerprint(c) == wanted), None)
+        if matching is None:
+            raise CirlabError(f"{existing[0]} holds other weights than the ones index {index_dir} was encoded with "
                               f"(retrained since?); rebuild the index with `cirlab index`")
-        return cls(load_run(run_dir), index)
+        return cls(load(matching, device=device), index)
 
     def refresh(self) -> bool:
         """Switch to the index now in the directory if it was rewritten since it was opened (True when it was).
@@ -70,7 +76,7 @@ class Retriever:
         fresh = GalleryIndex.open(current.directory)
         if fresh.meta["run"]["weights_sha256"] != current.meta["run"]["weights_sha256"]:
             raise CirlabError(f"index {current.directory} was rebuilt with other weights "
-                              f"({fresh.meta['run']['dir']}); restart the server to serve it")
+                              f"({fresh.run_dir}); restart the server to serve it")
         self.index = fresh
         return True
 
@@ -82,7 +88,7 @@ class Retriever:
         return ComposedQuery(self.reference_image(item_id), text, item_id)
 
     def compose(self, queries: list[ComposedQuery]) -> np.ndarray:
-        return self.run.compose([q.image for q in queries], [q.text for q in queries]).float().cpu().numpy()
+        return self.pipeline.compose([q.image for q in queries], [q.text for q in queries]).cpu().numpy()
 
     def search(self, queries: list[ComposedQuery], k: int | Sequence[int]) -> list[list[Hit]]:
         """Top-k gallery images for each query (`k` one for all, or one per query); a gallery reference never

@@ -1,8 +1,11 @@
 """Index directories: encode a gallery once, search it many times, grow it without re-encoding.
 
 Layout of INDEX_DIR:
-  index.json   format, the run it was encoded with (path + SHA-256 of its weights), kind and parameters
-  items.json   [[id, image path], ...] in vector order
+  index.json   format, the run (or model folder) it was encoded with: its path relative to INDEX_DIR and its
+               absolute path, the SHA-256 of its weights; kind and parameters
+  items.json   [[id, image path], ...] in vector order; paths inside the folder that holds INDEX_DIR are stored
+               relative to INDEX_DIR, so that moving that folder (say runs/demo with its run, data and index)
+               keeps the index working
   vectors.npy  (N, D) float32, L2-normalised: the source of truth (plain .npy, read without pickle)
   faiss.index  the FAISS structure, for the FAISS kinds
 
@@ -29,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+import torch
 
 from cirlab import __version__
 from cirlab.index.gallery import GalleryItem, GallerySource, is_valid_id, unique_ids
 from cirlab.index.searchers import SEARCHERS, Searcher, choose_kind, make_searcher
-from cirlab.training import LoadedRun
-from cirlab.training.run_dir import WEIGHTS_FILE
+from cirlab.inference import Pipeline, embed_batches
+from cirlab.models.folder import WEIGHTS_FILE
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import read_json, replace_dir_atomic, write_json_atomic
 
@@ -81,7 +84,18 @@ class GalleryIndex:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.meta["run"]["dir"])
+        """The run the index points to: the first of `run_candidates` that exists (else the first)."""
+        candidates = self.run_candidates()
+        return next((c for c in candidates if c.is_dir()), candidates[0])
+
+    def run_candidates(self) -> list[Path]:
+        """Where the run may be: its path relative to the index directory (valid when both moved together),
+        then its absolute path when the index was built (valid when only the index moved)."""
+        run = self.meta["run"]
+        paths = [stored_path(run["dir"], self.directory)]
+        if run.get("dir_absolute"):
+            paths.append(Path(run["dir_absolute"]))
+        return list(dict.fromkeys(paths))
 
     @property
     def kind(self) -> str:
@@ -130,7 +144,8 @@ class GalleryIndex:
             raise CirlabError(f"index directory not found: {directory}{hint}")
         stamp = index_stamp(directory)
         meta = check_meta(read_json(directory / INDEX_FILE, "index file"), directory / INDEX_FILE)
-        items = check_items(read_json(directory / ITEMS_FILE, "index items file"), directory / ITEMS_FILE)
+        items = [GalleryItem(it.id, str(stored_path(it.path, directory))) for it in
+                 check_items(read_json(directory / ITEMS_FILE, "index items file"), directory / ITEMS_FILE)]
         if meta["count"] != len(items):
             raise CirlabError(f"{directory / INDEX_FILE}: field 'count' is {meta['count']} but {ITEMS_FILE} lists "
                               f"{len(items)} images; rebuild it with `cirlab index`")
@@ -167,6 +182,7 @@ _META_FIELDS: dict[str, tuple[tuple[type, ...], bool, str]] = {
     "cirlab_version": ((str,), False, "a string"),
     "run": ((dict,), True, "an object (the run the index was encoded with)"),
     "run.dir": ((str,), True, "a path string"),
+    "run.dir_absolute": ((str,), False, "a path string"),
     "run.weights_sha256": ((str,), True, "a SHA-256 hex digest"),
     "run.model": ((str,), False, "a string"),
     "run.dataset": ((str,), False, "a string"),
@@ -274,20 +290,33 @@ class IndexSummary:
     removed_stale: list[Path] = field(default_factory=list)
 
 
-def encode_into(run: LoadedRun, source: GallerySource, out: np.ndarray, batch_size: int, progress: bool) -> None:
-    """Write the L2-normalised target embedding of every source image into the rows of `out`."""
-    with tqdm(total=len(source), desc="encoding gallery", unit="img", disable=not progress) as bar:
-        for start in range(0, len(source), batch_size):
-            stop = min(len(source), start + batch_size)
-            images = [source.load(i) for i in range(start, stop)]
-            block = run.embed_images(images).float().cpu().numpy()
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                bad = source.items[start + int(np.argmin(finite))].path
-                raise CirlabError(f"the model's embedding of {bad} is not finite (NaN): are the run's weights "
-                                  f"damaged? nothing was written")
-            out[start:stop] = block
-            bar.update(stop - start)
+def encode_into(pipe: Pipeline, source: GallerySource, out: np.ndarray, batch_size: int, progress: bool) -> None:
+    """Write the gallery vector of every source image into the rows of `out` (`embed_batches`, block by block)."""
+    device = pipe.device
+    pipe.model.eval()
+    embed_batches(
+        len(source), lambda rows: pipe.model.embed_target(
+            torch.stack([pipe.transform(source.load(r)) for r in rows]).to(device)),
+        pipe.embed_dim, batch_size=batch_size, device=device, precision=pipe.precision, out=out, progress=progress,
+        desc="encoding gallery", describe=lambda r: source.items[r].path)
+
+
+def relative_path(path: str | Path, index_dir: Path, within: Path | None = None) -> str:
+    """`path` as index.json/items.json store it: relative to `index_dir` when it lies under `within` (default:
+    anywhere), else absolute."""
+    path, base = Path(os.path.abspath(path)), os.path.abspath(index_dir)
+    if within is not None and not path.is_relative_to(os.path.abspath(within)):
+        return str(path)
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(path)
+
+
+def stored_path(value: str, index_dir: Path) -> Path:
+    """A path read from index.json/items.json: relative ones are relative to the index directory."""
+    path = Path(value)
+    return path if path.is_absolute() else Path(os.path.abspath(Path(index_dir) / path))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -330,10 +359,11 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     return removed
 
 
-def build_index(run: LoadedRun, source: GallerySource, out_dir: str | Path, kind: str = "auto",
+def build_index(pipe: Pipeline, source: GallerySource, out_dir: str | Path, kind: str = "auto",
                 params: dict[str, Any] | None = None, add: bool = False, batch_size: int = 64,
                 progress: bool = True) -> IndexSummary:
-    """Encode `source` with `run` into `out_dir`; with `add`, append only its images that are not indexed yet.
+    """Encode `source` with `pipe` (loaded from a run directory or model folder) into `out_dir`; with `add`,
+    append only its images that are not indexed yet.
 
     On `add` the existing vectors are copied, not re-encoded, and the FAISS structure is extended in place
     unless the kind changes (by `kind` or because "auto" now picks another), when it is rebuilt from the vectors.
@@ -342,9 +372,12 @@ def build_index(run: LoadedRun, source: GallerySource, out_dir: str | Path, kind
     out_dir = Path(out_dir)
     if batch_size < 1:
         raise CirlabError("--batch-size must be >= 1")
-    fingerprint = weights_fingerprint(run.run_dir)
+    if pipe.directory is None:
+        raise CirlabError("an index points to the model that encoded it: load the pipeline from its folder "
+                          "(cirlab.load) or save it first (Pipeline.save_pretrained)")
+    fingerprint = weights_fingerprint(pipe.directory)
     removed_stale = remove_stale_temporaries(out_dir)
-    old = _previous_index(out_dir, add, run, fingerprint)
+    old = _previous_index(out_dir, add, pipe, fingerprint)
     skipped = 0
     if old is not None:
         known = {item.path for item in old.items}
@@ -355,7 +388,7 @@ def build_index(run: LoadedRun, source: GallerySource, out_dir: str | Path, kind
     requested = kind if old is None or kind != "auto" else old.meta.get("requested_kind", "auto")
     total = len(source) + (len(old) if old is not None else 0)
     chosen = choose_kind(total, requested)
-    dim = run.model.embed_dim
+    dim = pipe.embed_dim
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
@@ -368,7 +401,7 @@ def build_index(run: LoadedRun, source: GallerySource, out_dir: str | Path, kind
             for s in range(0, start, 65_536):
                 stop = min(start, s + 65_536)
                 vectors[s:stop] = old.vectors[s:stop]
-        encode_into(run, source, vectors[start:], batch_size, progress)
+        encode_into(pipe, source, vectors[start:], batch_size, progress)
         vectors.flush()
         merged_params = {**(old.meta.get("params", {}) if old is not None and old.kind == chosen else {}),
                          **(params or {})}
@@ -380,14 +413,16 @@ def build_index(run: LoadedRun, source: GallerySource, out_dir: str | Path, kind
             searcher.build(vectors)
         searcher.save(tmp)
         items = (old.items if old is not None else []) + source.items
-        write_json_atomic(tmp / ITEMS_FILE, [[it.id, it.path] for it in items])
+        write_json_atomic(tmp / ITEMS_FILE, [[it.id, relative_path(it.path, out_dir, within=out_dir.parent)]
+                                             for it in items])
         sources = (old.meta.get("sources", []) if old is not None else []) + ([source.description] if len(source)
                                                                              else [])
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json_atomic(tmp / INDEX_FILE, {
             "format": FORMAT, "version": FORMAT_VERSION, "cirlab_version": __version__,
-            "run": {"dir": str(run.run_dir.resolve()), "weights_sha256": fingerprint,
-                    "model": run.config.model.name, "dataset": run.config.dataset},
+            "run": {"dir": relative_path(pipe.directory, out_dir), "dir_absolute": os.path.abspath(pipe.directory),
+                    "weights_sha256": fingerprint, "model": pipe.model.config.name,
+                    **({"dataset": pipe.run.dataset} if pipe.run is not None else {})},
             "dim": dim, "count": total, "kind": chosen, "requested_kind": requested, "params": searcher.params,
             "sources": sources, "created": old.meta.get("created", now) if old is not None else now, "updated": now,
         })
@@ -400,7 +435,7 @@ def build_index(run: LoadedRun, source: GallerySource, out_dir: str | Path, kind
     return IndexSummary(out_dir, total, len(source), skipped, chosen, time.perf_counter() - started, removed_stale)
 
 
-def _previous_index(out_dir: Path, add: bool, run: LoadedRun, fingerprint: str) -> GalleryIndex | None:
+def _previous_index(out_dir: Path, add: bool, pipe: Pipeline, fingerprint: str) -> GalleryIndex | None:
     """The index that `add` extends (checked to come from the same weights), or None for a fresh build."""
     if not out_dir.exists():
         if add:
@@ -414,7 +449,7 @@ def _previous_index(out_dir: Path, add: bool, run: LoadedRun, fingerprint: str) 
     if not add:
         return None
     old = GalleryIndex.open(out_dir)
-    if old.meta["run"]["weights_sha256"] != fingerprint or old.meta["dim"] != run.model.embed_dim:
-        raise CirlabError(f"--add: {out_dir} was encoded with other weights ({old.meta['run']['dir']}); "
-                          f"adding images encoded by {run.run_dir} would mix two embedding spaces")
+    if old.meta["run"]["weights_sha256"] != fingerprint or old.meta["dim"] != pipe.embed_dim:
+        raise CirlabError(f"--add: {out_dir} was encoded with other weights ({old.run_dir}); "
+                          f"adding images encoded by {pipe.directory} would mix two embedding spaces")
     return old

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cirlab.datasets.transforms import Preprocess
 from cirlab.encoders import EncoderSpec, ImageEncoder, TextEncoder, resolve_image_encoder, resolve_text_encoder
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.fields import check_fields
@@ -155,6 +156,26 @@ class CompositionModel(nn.Module):
         """Training-time normalisation `s * v / ||v||` with the learnable scale s: google/tirg's NormalizationLayer
         (parity case `tirg_normalization`), without an epsilon as released (a zero vector gives NaN)."""
         return self.norm_scale * x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+    # model folder -------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, preprocess: Preprocess | None = None) -> None:
+        """Write this model as a folder (`cirlab.models.folder`): config.json with the model config and the
+        `preprocess` block, model.safetensors and the text encoder's assets. `cirlab.load` needs the preprocess
+        block (`Pipeline.save_pretrained` writes the pipeline's)."""
+        from cirlab.models.folder import save_model_folder  # folder.py builds models with this module
+
+        save_model_folder(self, directory, preprocess)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> CompositionModel:
+        """The model of a folder written by `save_pretrained`, or of a run directory (also one written before
+        model folders existed), in eval mode on `device` ('cpu', 'cuda', 'cuda:N' or 'auto')."""
+        from cirlab.models.folder import load_model_folder
+
+        model = load_model_folder(directory, device)
+        if not isinstance(model, cls):
+            raise CirlabError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
 
     # training -----------------------------------------------------------------------------------
     def training_losses(self, source: Features, text: Features, target: Features, base_loss: BaseLoss

@@ -703,7 +703,7 @@ def create_app(retriever: Retriever, limits: Limits | None = None, allowed_hosts
     app.state.serving = ServingState(
         retriever=retriever, limits=limits, batcher=SearchBatcher(retriever, limits.max_batch, reload_check_s),
         decodes=DecodeSlots(limits.max_decodes, limits.decode_wait_s), thumbs=ThumbnailCache(limits.thumb_side),
-        upload_side=int(getattr(retriever.run.transform, "size", 0) or 0))
+        upload_side=retriever.pipeline.preprocess.size)
     app.add_middleware(GuardMiddleware, max_body=limits.max_upload_bytes + 64 * 1024, allowed_hosts=allowed_hosts,
                        read_timeout_s=limits.read_timeout_s)
     app.add_exception_handler(StarletteHTTPException, http_error)

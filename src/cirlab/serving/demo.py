@@ -6,13 +6,13 @@ from pathlib import Path
 
 from cirlab.index import GalleryIndex, build_index, source_from_dataset
 from cirlab.index.store import INDEX_FILE, weights_fingerprint
-from cirlab.training import load_run, open_dataset
-from cirlab.training.run_dir import WEIGHTS_FILE
+from cirlab.inference import load
+from cirlab.models.folder import WEIGHTS_FILE
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import read_json
 
 
-def demo_index(demo_dir: str | Path = "runs/demo", progress: bool = True) -> Path:
+def demo_index(demo_dir: str | Path = "runs/demo", progress: bool = True, device: str = "cpu") -> Path:
     """`demo_dir/index`, (re)built from `demo_dir/run` and its test split when missing or encoded by other weights."""
     demo_dir = Path(demo_dir)
     run_dir, index_dir = demo_dir / "run", demo_dir / "index"
@@ -25,6 +25,6 @@ def demo_index(demo_dir: str | Path = "runs/demo", progress: bool = True) -> Pat
             GalleryIndex.open(index_dir)
             return index_dir
     print(f"indexing the demo's test split into {index_dir} (once)", flush=True)
-    run = load_run(run_dir)
-    build_index(run, source_from_dataset(open_dataset(run.config, "test")), index_dir, progress=progress)
+    pipe = load(run_dir, device=device)
+    build_index(pipe, source_from_dataset(pipe.open_dataset("test")), index_dir, progress=progress)
     return index_dir

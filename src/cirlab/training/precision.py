@@ -1,8 +1,8 @@
-"""Mixed precision and torch.compile, for training and evaluation on a GPU (the CPU defaults stay fp32, eager).
+"""Training's side of mixed precision, and torch.compile (the CPU defaults stay fp32, eager).
 
-* `precision`: "fp32" (default: no autocast), "bf16" (autocast to bfloat16, on CUDA or, as an opt-in, on the CPU)
-  or "fp16" (autocast to float16 with a gradient scaler; CUDA only, where the scaler guards small gradients).
-  Parameters and optimiser state stay float32 in every case; only the forward computations are cast.
+* `precision`: the autocast of `cirlab.inference.precision` ("fp32", "bf16", "fp16"); fp16 trains with a gradient
+  scaler (`grad_scaler`; CUDA only, where the scaler guards small gradients). Parameters and optimiser state stay
+  float32 in every case.
 * `compile`: `torch.compile` of the image side and the composition head (the model's `encode_image`,
   `compose_features` and `target_features`) - the tensor-only path; text encoders take strings and stay eager.
   Compilation happens on the first call; when it fails there (no C++ compiler, an unsupported operation) one
@@ -12,33 +12,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-
-from cirlab.utils.errors import CirlabError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """A CirlabError naming the problem for an unknown precision, or fp16 off CUDA."""
-    if precision not in PRECISIONS:
-        raise CirlabError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise CirlabError(f"precision fp16 needs CUDA (device here: {device}); use bf16 on the CPU")
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of `precision` on `device` (nothing for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:

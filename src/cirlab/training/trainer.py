@@ -23,21 +23,25 @@ from tqdm import tqdm
 
 from cirlab.datasets import CIRDataset
 from cirlab.datasets.transforms import ImageTransform
+from cirlab.inference.distributed import DistContext, any_rank, broadcast_buffers, init_from_env
+from cirlab.inference.feature_cache import build_feature_cache
+from cirlab.inference.precision import autocast, check_precision
 from cirlab.losses import LOSSES
 from cirlab.models import CompositionModel, build_model
 from cirlab.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from cirlab.training.config import TrainConfig
-from cirlab.training.distributed import DistContext, any_rank, broadcast_buffers, init_from_env
-from cirlab.training.feature_cache import CachedPairBatches, build_feature_cache
-from cirlab.training.precision import autocast, check_precision, compile_model, grad_scaler
+from cirlab.training.feature_cache import CachedPairBatches
+from cirlab.training.precision import compile_model, grad_scaler
 from cirlab.training.run_dir import (
     METRICS_FILE,
     check_batch_size,
     make_transform,
     open_dataset,
+    run_preprocess,
     save_config,
-    save_model,
+    save_run_model,
 )
+from cirlab.utils.device import resolve_device
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import write_json_atomic
 from cirlab.utils.threads import available_cores
@@ -72,18 +76,6 @@ class PairBatches(Dataset):
         src, texts, tgt = batch
         return (model.encode_image(src.to(device, non_blocking=True)), model.encode_text(texts),
                 model.encode_image(tgt.to(device, non_blocking=True)))
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; an unavailable CUDA request is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CirlabError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CirlabError(f"unknown --device {name!r}") from None
 
 
 def make_optimizer(config: TrainConfig, model: CompositionModel) -> torch.optim.Optimizer:
@@ -169,6 +161,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, texts=self.dataset.train_texts(), assets_dir=self.run_dir if resume
                                  else None).to(self.device)
+        self.preprocess = run_preprocess(cfg, self.model)
         self.optimizer = make_optimizer(cfg, self.model)
         self.scaler = grad_scaler(self.device, cfg.precision)
         self.start_iter, self.history, self.elapsed = 0, [], 0.0
@@ -178,8 +171,8 @@ class Trainer:
             self.elapsed = float(meta.get("elapsed_s", 0.0))
             if self.scaler.is_enabled() and isinstance(meta.get("grad_scaler"), dict):
                 self.scaler.load_state_dict(meta["grad_scaler"])
-        elif self.ctx.is_main:
-            save_config(self.run_dir, cfg)
+        elif self.ctx.is_main:  # the run exists from now on; the weights come with the first checkpoint
+            save_config(self.run_dir, cfg, self.preprocess)
             self.model.text_encoder.save_assets(self.run_dir)
 
     def loader_workers(self) -> int:
@@ -198,7 +191,7 @@ class Trainer:
         save_checkpoint(self.run_dir, self.model, self.optimizer, iteration,
                         {"history": self.history, "elapsed_s": self.elapsed,
                          **({"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {})})
-        save_model(self.run_dir, self.model)
+        save_run_model(self.run_dir, self.config, self.model, self.preprocess)
 
     def evaluate_now(self, iteration: int, writer: Any) -> dict[str, Any] | None:
         """Call the `evaluate` callback on the model as it is at `iteration` (None without one); the result goes to
@@ -225,8 +218,8 @@ class Trainer:
         loss_fn = LOSSES.get(cfg.loss)
         batches: PairBatches | CachedPairBatches
         if cfg.feature_cache:
-            cache = build_feature_cache(self.model, self.dataset, make_transform(cfg, self.model, train=False),
-                                        self.run_dir, cfg.train_split, self.dataset.train_texts(), self.progress)
+            cache = build_feature_cache(self.model, self.dataset, self.preprocess.transform(), self.run_dir,
+                                        cfg.train_split, self.dataset.train_texts(), self.progress)
             batches = CachedPairBatches(self.dataset, cache, cfg.batch_size, cfg.seed)
         else:
             batches = PairBatches(self.dataset, make_transform(cfg, self.model, train=True), cfg.batch_size, cfg.seed,

@@ -2,8 +2,9 @@
 
 `torchrun --nproc-per-node N -m cirlab.cli train ...` sets RANK / WORLD_SIZE / LOCAL_RANK; `init_from_env`
 then joins the process group (NCCL on CUDA, Gloo on CPU) and the trainer wraps its step in
-`DistributedDataParallel`. Nothing here reimplements communication: these are thin conveniences over
-`torch.distributed` (who am I, split a list of work, gather the pieces back in order).
+`DistributedDataParallel`; `cirlab eval` under torchrun shares the gallery and queries among the ranks
+(`cirlab.inference.embedding.embed_batches(shard=True)`). Nothing here reimplements communication: these are thin
+conveniences over `torch.distributed` (who am I, split a list of work, gather the pieces back in order).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cirlab.utils.device import resolve_device
 from cirlab.utils.errors import CirlabError
 
 
@@ -55,6 +57,14 @@ def init_from_env(device: torch.device) -> DistContext:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend)
     return current()
+
+
+def rank_device(name: str) -> torch.device:
+    """The device of this process for `--device name`, joining the torchrun job if there is one: under torchrun
+    a CUDA request puts each rank on its own GPU (cuda:LOCAL_RANK)."""
+    device = resolve_device(name)
+    ctx = init_from_env(device)
+    return torch.device("cuda", ctx.local_rank) if ctx.enabled and device.type == "cuda" else device
 
 
 def shard(items: Sequence[int], ctx: DistContext) -> list[int]:
