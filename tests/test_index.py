@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -384,3 +385,24 @@ def test_faiss_results_are_ordered_by_score_then_position_and_do_not_depend_on_t
         for q, (k, skip) in enumerate(zip([1, 40, 3, 3, 40, 1, 2, 3], [None, 4, None, None, None, None, 9, None],
                                           strict=True)):
             assert together[q] == index.search(queries[q:q + 1], k, [skip])[0], (kind, q)
+
+
+def test_a_run_and_its_index_moved_together_keep_working(tiny_css: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    run_dir = make_tiny_run(tiny_css, project / "run")
+    images = make_image_dir(project / "images", 4)
+    assert main(["index", str(run_dir), "--images", str(images), "--out", str(project / "index"), "--json"]) == 0
+    meta = json.loads((project / "index" / "index.json").read_text())
+    assert meta["run"]["dir"] == "../run"
+    assert all(not Path(p).is_absolute() for _, p in json.loads((project / "index" / "items.json").read_text()))
+    alone = tmp_path / "alone" / "index"  # the index alone moved away: its absolute path to the run finds it
+    shutil.copytree(project / "index", alone)
+    assert Retriever.open(alone).index.run_dir == (project / "run").absolute()
+    moved = tmp_path / "moved" / "project"  # the whole folder moved: the relative paths find run and images
+    shutil.move(str(project), moved)
+    capsys.readouterr()
+    assert main(["query", str(moved / "index"), "--id", "img_001", "--text", "red", "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert len(hits) == 2 and all(Path(h["path"]).is_file() and moved in Path(h["path"]).parents for h in hits)
+    assert Retriever.open(moved / "index").index.run_dir == (moved / "run").absolute()
