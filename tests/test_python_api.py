@@ -93,7 +93,7 @@ def test_a_model_folder_loads_anywhere_with_its_preprocessing(run_dir: Path, tin
     pictures = images(tiny_css, 4)
     torch.testing.assert_close(again.embed(pictures), pipe.embed(pictures), rtol=0, atol=0)
     torch.testing.assert_close(again.compose(pictures, ["a"] * 4), pipe.compose(pictures, ["a"] * 4), rtol=0, atol=0)
-    with pytest.raises(cirlab.CirlabError, match="build the dataset with cirlab.build_dataset"):
+    with pytest.raises(cirlab.CirlabError, match="it names no dataset"):
         again.open_dataset("test")
 
 
@@ -110,6 +110,11 @@ def test_a_run_saved_before_model_folders_still_loads(run_dir: Path, tiny_css: P
     config["train"]["model"]["embed_dim"] = 64
     (old / "config.json").write_text(json.dumps(config))
     with pytest.raises(cirlab.CirlabError, match="'model' and 'train.model' differ"):
+        cirlab.load(old)
+    config["train"]["model"]["embed_dim"] = 32
+    config["preprocess"]["size"] = -4
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(cirlab.CirlabError, match=r"config.json: preprocess: size must be a non-negative integer"):
         cirlab.load(old)
 
 

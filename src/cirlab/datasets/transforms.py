@@ -98,17 +98,17 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
-            raise CirlabError(f"preprocess.size must be a non-negative integer, not {self.size!r}")
+            raise CirlabError(f"size must be a non-negative integer, not {self.size!r}")
         if self.pad not in PAD_MODES:
-            raise CirlabError(f"preprocess.pad must be one of {', '.join(PAD_MODES)}, not {self.pad!r}")
+            raise CirlabError(f"pad must be one of {', '.join(PAD_MODES)}, not {self.pad!r}")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if (not isinstance(values, list | tuple) or len(values) != 3
                     or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
-                raise CirlabError(f"preprocess.{name} must be three numbers (R, G, B), not {values!r}")
+                raise CirlabError(f"{name} must be three numbers (R, G, B), not {values!r}")
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if min(self.std) <= 0:
-            raise CirlabError(f"preprocess.std must be positive, not {self.std!r}")
+            raise CirlabError(f"std must be positive, not {self.std!r}")
 
     def transform(self, train: bool = False, flip: bool = True) -> ImageTransform:
         """The transform: evaluation's by default; `train` adds random crops (and flips when `flip`)."""

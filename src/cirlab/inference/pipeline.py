@@ -126,8 +126,9 @@ class Pipeline:
                      ) -> CIRDataset:
         """The dataset the run trained on, on `split` (default: its evaluation split); see `RunSpec.open_dataset`."""
         if self.run is None:
-            raise CirlabError(f"{self.directory or 'this model'} is a model folder without a run's train config: "
-                              "build the dataset with cirlab.build_dataset(name, root, split)")
+            raise CirlabError(f"{self.directory or 'this model'} is a model folder, not a run directory: it names no "
+                              "dataset (index images with --images DIR; in Python, build the dataset with "
+                              "cirlab.build_dataset(name, root, split))")
         return self.run.open_dataset(split, data_root, **options)
 
     def save_pretrained(self, directory: str | Path) -> None:
