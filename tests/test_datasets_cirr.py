@@ -16,7 +16,7 @@ from cirlab.datasets import build_dataset
 from cirlab.evaluation import cirr_submission
 from cirlab.models import build_model
 from cirlab.training.config import TrainConfig
-from cirlab.training.run_dir import save_config, save_model
+from cirlab.training.run_dir import run_preprocess, save_run_model
 from cirlab.utils.errors import CirlabError
 
 DIRS = {"train": "train/{k}", "val": "dev", "test1": "test1"}
@@ -120,9 +120,7 @@ def make_run(run_dir: Path, data_root: Path) -> None:
     config = TrainConfig(dataset="cirr", data_root=str(data_root), eval_split="val", image_size=16,
                          model=tiny_model_config("tirg"))
     model = build_model(config.model, texts=["has two dogs instead of one", "show it from the left"]).eval()
-    save_config(run_dir, config)
-    model.text_encoder.save_assets(run_dir)
-    save_model(run_dir, model)
+    save_run_model(run_dir, config, model, run_preprocess(config, model))
 
 
 def test_submit_cirr_writes_the_two_server_files(cirr: Path, tmp_path: Path) -> None:
