@@ -147,6 +147,24 @@ def test_a_model_moved_to_cuda_composes_there(run_dir: Path, tiny_css: Path) -> 
     assert cirlab.load(run_dir, device="cuda").embed(pictures).device.type == "cuda"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_eval_runs_on_cuda(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    on_cpu = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", str(run_dir), "--device", "cuda", "--json"]) == 0
+    on_gpu = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert on_gpu["queries"] == on_cpu["queries"]
+    assert all(abs(on_gpu[k] - on_cpu[k]) <= 0.05 for k in on_cpu if k.startswith("recall@"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_eval_on_a_missing_gpu_is_one_error_line(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == "cirlab: error: --device cuda: CUDA is not available on this machine"
+
+
 def test_every_command_that_runs_a_model_takes_device() -> None:
     from cirlab.cli.main import build_parser
 
