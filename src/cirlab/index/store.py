@@ -292,11 +292,11 @@ class IndexSummary:
 
 def encode_into(pipe: Pipeline, source: GallerySource, out: np.ndarray, batch_size: int, progress: bool) -> None:
     """Write the gallery vector of every source image into the rows of `out` (`embed_batches`, block by block)."""
-    device = pipe.device
+    device, transform = pipe.device, pipe.transform
     pipe.model.eval()
     embed_batches(
         len(source), lambda rows: pipe.model.embed_target(
-            torch.stack([pipe.transform(source.load(r)) for r in rows]).to(device)),
+            torch.stack([transform(source.load(r)) for r in rows]).to(device)),
         pipe.embed_dim, batch_size=batch_size, device=device, precision=pipe.precision, out=out, progress=progress,
         desc="encoding gallery", describe=lambda r: source.items[r].path)
 

@@ -46,7 +46,6 @@ class Pipeline:
         self.directory = Path(directory) if directory is not None else None
         self.precision = precision
         self.batch_size = batch_size
-        self.transform: ImageTransform = preprocess.transform()
         check_precision(precision, self.device)
         if batch_size < 1:
             raise CirlabError(f"batch size must be >= 1, got {batch_size}")
@@ -60,6 +59,11 @@ class Pipeline:
     def device(self) -> torch.device:
         """Where the model is now (inputs are sent there)."""
         return next(self.model.parameters()).device
+
+    @property
+    def transform(self) -> ImageTransform:
+        """The evaluation transform of `preprocess` (PIL image -> normalised tensor)."""
+        return self.preprocess.transform()
 
     @property
     def embed_dim(self) -> int:
@@ -93,8 +97,9 @@ class Pipeline:
                              output_device=device)
 
     def _pixels(self, images: Sequence[ImageInput], rows: list[int], device: torch.device) -> torch.Tensor:
+        transform = self.transform
         loaded = [images[r] if isinstance(images[r], Image.Image) else load_rgb(images[r]) for r in rows]
-        return torch.stack([self.transform(img) for img in loaded]).to(device)
+        return torch.stack([transform(img) for img in loaded]).to(device)
 
     # dataset images ---------------------------------------------------------------------------------------
     def embed_dataset(self, dataset: CIRDataset, indices: Sequence[int], progress: bool = False,
@@ -102,10 +107,10 @@ class Pipeline:
         """Gallery vectors of dataset images `indices`, (N, D) on the CPU; under torchrun every rank encodes a
         share and all get the whole."""
         self.model.eval()
-        device = self.device
+        device, transform = self.device, self.transform
         return embed_batches(
             len(indices), lambda rows: self.model.embed_target(
-                dataset.load_batch([indices[r] for r in rows], self.transform).to(device)),
+                dataset.load_batch([indices[r] for r in rows], transform).to(device)),
             self.embed_dim, batch_size=self.batch_size, device=device, precision=self.precision, shard=True,
             progress=progress, desc=desc, describe=lambda r: str(dataset.image_path(indices[r])))
 
@@ -114,10 +119,10 @@ class Pipeline:
         """Query vectors of dataset images `images` modified by `texts`, (Q, D) on the CPU, sharded like
         `embed_dataset`."""
         self.model.eval()
-        device = self.device
+        device, transform = self.device, self.transform
         return embed_batches(
             len(images), lambda rows: self.model.compose(
-                dataset.load_batch([images[r] for r in rows], self.transform).to(device), [texts[r] for r in rows]),
+                dataset.load_batch([images[r] for r in rows], transform).to(device), [texts[r] for r in rows]),
             self.embed_dim, batch_size=self.batch_size, device=device, precision=self.precision, shard=True,
             progress=progress, desc="queries", describe=lambda r: f"query {r} ({dataset.image_path(images[r])})")
 
