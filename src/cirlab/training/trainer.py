@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cirlab.datasets import CIRDataset
-from cirlab.datasets.transforms import ImageTransform
+from cirlab.datasets.transforms import ImageTransform, PixelCache
 from cirlab.inference.distributed import DistContext, any_rank, broadcast_buffers, init_from_env
 from cirlab.inference.feature_cache import build_feature_cache
 from cirlab.inference.precision import autocast, check_precision
@@ -53,12 +53,20 @@ class PairBatches(Dataset):
     """Item i = batch i: (source images, texts, target images), drawn with rng([seed, i]).
 
     Under DDP every rank draws the same global batch and keeps its own slice (`rank::world_size`), so the
-    pairs seen per step do not depend on how many processes share them."""
+    pairs seen per step do not depend on how many processes share them.
+
+    With `pixel_cache` and a deterministic transform of a fixed size (no random crop or flip: `augment="none"`,
+    the releases' recipe) whose images fit `PIXEL_CACHE_BYTES` (CSS), each image is decoded once into a uint8
+    `PixelCache` and batches are gathered and normalised as tensors: the same values, bit for bit, without the
+    per-image PIL and tensor work. Meant for batches made in the training process (a DataLoader worker would
+    fill a copy of its own)."""
 
     def __init__(self, dataset: CIRDataset, transform: ImageTransform, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, pixel_cache: bool = True) -> None:
         self.dataset, self.transform, self.batch_size, self.seed = dataset, transform, batch_size, seed
         self.rank, self.world_size = rank, world_size
+        self.pixels = (PixelCache(transform, dataset.load_image, len(dataset))
+                       if pixel_cache and PixelCache.fits(transform, len(dataset)) else None)
 
     def __len__(self) -> int:
         return 1 << 62
@@ -66,6 +74,9 @@ class PairBatches(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         rng = np.random.default_rng([self.seed, i])
         pairs = self.dataset.sample_pairs(rng, self.batch_size)[self.rank::self.world_size]
+        if self.pixels is not None:  # a deterministic transform draws nothing from rng
+            return (self.pixels.batch([p.source for p in pairs]), [p.text for p in pairs],
+                    self.pixels.batch([p.target for p in pairs]))
         src = torch.stack([self.transform(self.dataset.load_image(p.source), rng) for p in pairs])
         tgt = torch.stack([self.transform(self.dataset.load_image(p.target), rng) for p in pairs])
         return src, [p.text for p in pairs], tgt
@@ -79,9 +90,16 @@ class PairBatches(Dataset):
 
 
 def make_optimizer(config: TrainConfig, model: CompositionModel) -> torch.optim.Optimizer:
+    """SGD is torch's fused kernel where this torch has one for the parameters' device (the same arithmetic as
+    the per-tensor loop, bit for bit: tests/test_train_speed_paths.py; about half its time on the CPU), else the
+    loop. Adam and AdamW keep torch's default implementation."""
     groups = model.parameter_groups(config.lr, config.trunk_lr_mult())
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        sgd = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
+        try:
+            return torch.optim.SGD(groups, fused=True, **sgd)
+        except (RuntimeError, TypeError):  # no fused SGD in this torch, or none for this device
+            return torch.optim.SGD(groups, **sgd)
     if config.optimizer in ("adam", "adamw"):
         cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
         return cls(groups, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
@@ -223,7 +241,7 @@ class Trainer:
             batches = CachedPairBatches(self.dataset, cache, cfg.batch_size, cfg.seed)
         else:
             batches = PairBatches(self.dataset, make_transform(cfg, self.model, train=True), cfg.batch_size, cfg.seed,
-                                  self.ctx.rank, self.ctx.world_size)
+                                  self.ctx.rank, self.ctx.world_size, pixel_cache=self.loader_workers() == 0)
         self.batches = batches
         if cfg.compile:
             compile_model(self.model)
