@@ -1,9 +1,15 @@
 """The training speed paths keep the arithmetic: the uint8 pixel cache gives the very batches of the per-image
-transform, fused SGD the very weights of torch's per-tensor loop, and the CSS trainer uses both."""
+transform, fused SGD the very weights of torch's per-tensor loop, and the CSS trainer uses both. Tiny runs of
+bench/bench_train.py and bench/bench_vs_old.py check that they print what they promise (not their figures)."""
 
 from __future__ import annotations
 
+import argparse
 import copy
+import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,7 @@ import torch
 from conftest import tiny_model_config
 from PIL import Image
 
+import cirlab
 from cirlab.datasets import transforms
 from cirlab.datasets.transforms import ImageTransform, PixelCache
 from cirlab.losses import LOSSES
@@ -152,3 +159,64 @@ def test_the_trainer_uses_the_pixel_cache_on_css(tiny_css: Path, tmp_path: Path)
     trainer.train()
     assert isinstance(trainer.batches, PairBatches) and trainer.batches.pixels is not None
     assert trainer.batches.pixels.filled.any()
+
+
+def _bench(script: str, *args: str) -> dict:
+    bench = Path(__file__).resolve().parents[1] / "bench" / script
+    out = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_bench_train_reports_every_row_and_the_step_breakdown() -> None:
+    result = _bench("bench_train.py", "--iters", "2", "--warmup", "1", "--block", "1", "--batch-size", "4",
+                    "--train-images", "40", "--encoders", "small_cnn", "--precision", "fp32,bf16",
+                    "--memory-format", "contiguous,channels_last", "--threads", "1")
+    rows = {(r["precision"], r["channels_last"]): r for r in result["rows"]}
+    assert set(rows) == {(p, c) for p in ("fp32", "bf16") for c in (False, True)}
+    for r in rows.values():
+        assert r["iters"] == 2 and r["samples_s"] > 0
+        assert all(r[f"{part}_ms"] > 0 for part in ("load", "forward", "backward", "optimizer"))
+
+
+def _load_bench_vs_old() -> object:
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_vs_old.py"
+    spec = importlib.util.spec_from_file_location("bench_vs_old", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_vs_old_alternates_the_sides_and_reports_the_ratios(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load_bench_vs_old()
+    speeds = {("old", "fp32"): 50.0, ("new", "fp32"): 60.0, ("new", "bf16"): 90.0}
+
+    def fake_run(side: str, src: Path, encoder: str, precision: str, *rest: object) -> dict:
+        return {"side": side, "encoder": encoder, "precision": precision, "cirlab": str(src / "cirlab"),
+                "threads": "-", "wait": "-", "samples_s": speeds[side, precision], "seconds": 1.0}
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    monkeypatch.setattr(sys, "argv", ["bench_vs_old.py", "--old-src", str(bench.REPO), "--encoders", "resnet18",
+                                      "--precision", "bf16", "--rounds", "2", "--train-images", "20"])
+    assert bench.main() == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["round"], r["side"], r["precision"]) for r in result["runs"]] == [
+        (0, "old", "fp32"), (0, "new", "fp32"), (0, "new", "bf16"),
+        (1, "new", "bf16"), (1, "new", "fp32"), (1, "old", "fp32")]
+    rows = {r["precision"]: r for r in result["rows"]}
+    assert rows["fp32"]["new_over_old"] == 1.2 and rows["bf16"]["new_over_old"] == 1.8
+    assert rows["bf16"]["new_over_reference"] == round(1.8 * 74.5 / 70.2, 3)
+
+
+def test_bench_vs_old_child_reads_samples_per_second_off_the_trainer_history(
+        tiny_css: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load_bench_vs_old()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the child's prepare_environment then leaves os.environ alone
+    args = argparse.Namespace(data=str(tiny_css), encoder="small_cnn", precision="fp32", batch_size=4, iters=3,
+                              warmup=1, threads=1)
+    assert bench.child(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["samples_s"] > 0 and result["seconds"] > 0
+    assert result["samples_s"] == pytest.approx(3 * 4 / result["seconds"], rel=0.01)
+    assert Path(result["cirlab"]) == Path(cirlab.__file__).parent
