@@ -128,6 +128,12 @@ def image_weights_png(env: Env) -> list[str]:
             "--image-encoder", "resnet18", "--image-weights", str(png)]
 
 
+def efficientnet_weights_png(env: Env) -> list[str]:
+    args = image_weights_png(env)
+    args[args.index("resnet18")] = "efficientnet_lite0"
+    return args
+
+
 def demo_over_user_files(env: Env) -> list[str]:
     (env.tmp / "demo").mkdir()
     (env.tmp / "demo" / "report.md").write_text("my own report\n")
@@ -236,10 +242,15 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {
     "config_model_int": (wrong_type("model", 5), "train.model must be a JSON object, not an integer (5)"),
     "config_dataset_options_list": (wrong_type("dataset_options", ["x"]), "train.dataset_options must be a JSON"),
     "config_unknown_field": (wrong_type("colour", "red"), "train has unknown fields: ['colour']"),
+    "config_embed_dim_negative": (wrong_type("embed_dim", -5, model=True), "train.model.embed_dim must be at least 1"),
+    "config_eval_batch_size_zero": (wrong_type("eval_batch_size", 0), "eval_batch_size must be positive, not 0"),
+    "config_image_size_negative": (wrong_type("image_size", -3), "image_size must not be negative, not -3"),
+    "config_eval_split_unknown": (wrong_type("eval_split", "validation"), "eval_split 'validation': css has splits"),
     "config_truncated": (truncated_config, "malformed run config"),
     "checkpoint_iteration_str": (bad_checkpoint_state, "'iteration' must be a non-negative integer"),
     "metrics_iterations_str": (bad_metrics, "'iterations' must be int"),
     "image_weights_png": (image_weights_png, "cannot read image encoder weights"),
+    "efficientnet_weights_png": (efficientnet_weights_png, "cannot read image encoder weights"),
     # 3. batch size bounded by the data; a failed start removes only what it created
     "batch_size_huge": (lambda env: new_run(env, "--batch-size", "100000000"), "--batch-size 100000000 is larger"),
     "failed_run_keeps_user_folder": (user_folder_kept, "is larger than the"),

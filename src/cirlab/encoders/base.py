@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from cirlab.utils.errors import CirlabError
 from cirlab.utils.registry import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,3 +90,24 @@ class TextEncoder(nn.Module):
 IMAGE_ENCODERS: Registry = Registry("image encoder")
 TEXT_ENCODERS: Registry = Registry("text encoder")
 
+
+def read_state_dict(path: str | Path, what: str = "image encoder weights") -> dict[str, torch.Tensor]:
+    """A local `.safetensors` or PyTorch state dict (names -> tensors), read without running code from the file
+    (`weights_only=True`); anything else is one CirlabError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CirlabError(f"{what} not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a PNG, a truncated or foreign file: torch and safetensors raise many types
+        raise CirlabError(f"cannot read {what} {path}: not a PyTorch state dict or .safetensors file "
+                          f"({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CirlabError(f"{what} {path} are not a state dict (names -> tensors)")
+    return state

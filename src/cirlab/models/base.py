@@ -34,8 +34,8 @@ class ModelConfig:
     name: str = "tirg"
     image_encoder: str = "small_cnn"
     text_encoder: str = "lstm"
-    embed_dim: int = 512
-    text_dim: int = 512
+    embed_dim: int = field(default=512, metadata={"min": 1})
+    text_dim: int = field(default=512, metadata={"min": 1})
     image_weights: str = ""
     image_options: dict[str, Any] = field(default_factory=dict)
     text_options: dict[str, Any] = field(default_factory=dict)

@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cirlab.datasets import DATASETS
 from cirlab.models import ModelConfig
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.fields import check_fields
 
 AUGMENTS = ("none", "crop_flip")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+PADS = ("none", "target_pad", "square_pad")
+PRECISIONS = ("fp32", "bf16", "fp16")
+POSITIVE = ("iters", "batch_size", "lr", "lr_decay", "adam_eps", "log_every", "eval_batch_size")
+NON_NEGATIVE = ("epochs", "lr_decay_epochs", "lr_decay_until_epochs", "lr_decay_every", "lr_decay_until", "momentum",
+                "weight_decay", "grad_clip", "eval_every", "checkpoint_every", "workers", "image_size", "minutes")
 
 
 @dataclass
@@ -20,7 +27,7 @@ class TrainConfig:
     data_root: str = "data/css"
     dataset_options: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str = ""  # "": the dataset's evaluation split (val for FashionIQ and CIRR, else test)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: str = "soft_triplet"
     optimizer: str = "sgd"  # "sgd" (TIRG, ComposeAE) or "adam"/"adamw" (CRN, Combiner)
@@ -55,8 +62,24 @@ class TrainConfig:
     compile: bool = False  # torch.compile the image path and composition head (eager after a failure)
 
     def __post_init__(self) -> None:
-        if self.augment not in AUGMENTS:
-            raise CirlabError(f"augment must be one of {', '.join(AUGMENTS)}, not {self.augment!r}")
+        """Validation lives here, so that Python users get the same checks as the CLI."""
+        dataset_cls = DATASETS.get(self.dataset)
+        if not self.eval_split:
+            self.eval_split = dataset_cls.eval_split
+        splits = getattr(dataset_cls, "splits", ())
+        for name in ("train_split", "eval_split"):
+            if splits and getattr(self, name) not in splits:
+                raise CirlabError(f"{name} {getattr(self, name)!r}: {self.dataset} has splits {', '.join(splits)}")
+        for name, allowed in (("augment", AUGMENTS), ("optimizer", OPTIMIZERS), ("pad", PADS),
+                              ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise CirlabError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name in POSITIVE:
+            if not getattr(self, name) > 0:
+                raise CirlabError(f"{name} must be positive, not {getattr(self, name)!r}")
+        for name in NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise CirlabError(f"{name} must not be negative, not {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,8 +98,6 @@ class TrainConfig:
 
     def trunk_lr_mult(self) -> float:
         """`backbone_lr_mult`, or the dataset's released default when it is None."""
-        from cirlab.datasets import DATASETS
-
         if self.backbone_lr_mult is not None:
             return float(self.backbone_lr_mult)
         return float(DATASETS.get(self.dataset).backbone_lr_mult)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cirlab.encoders._optional import PROJECT_HELP, projection, require
-from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder, declares
+from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder, declares, read_state_dict
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.options import option, parse_options
 
@@ -51,8 +51,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
         else:
             module, cls = _WEIGHT_PACKAGES[variant]
             path = getattr(require(module, "pretrained", f"ImageNet weights of {variant}"), cls).get_model_file_path()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("_fc.")}
         missing, unexpected = self.trunk.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CirlabError(f"{path} does not match {variant}: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder, declares
+from cirlab.encoders.base import IMAGE_ENCODERS, EncoderSpec, ImageEncoder, declares, read_state_dict
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.options import NoOptions, parse_options
 
@@ -103,22 +103,7 @@ class ResNetEncoder(ImageEncoder):
 
     def load_trunk(self, path: str | Path) -> None:
         """Load a torchvision-format state dict (the `fc.*` classifier is ignored)."""
-        path = Path(path)
-        if not path.is_file():
-            raise CirlabError(f"image encoder weights not found: {path}")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:  # weights_only: tensors and plain containers only, nothing in the file is run
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a PNG, a truncated or foreign file: torch and safetensors raise many types
-            raise CirlabError(f"cannot read image encoder weights {path}: not a PyTorch state dict or .safetensors "
-                              f"file ({type(exc).__name__})") from None
-        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                  for k, v in state.items()):
-            raise CirlabError(f"image encoder weights {path} are not a state dict (names -> tensors)")
+        state = read_state_dict(path)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("proj.")]
