@@ -12,8 +12,9 @@ Threads: each side as its `cirlab train` runs it: the old commit with torch's de
 threads spin), this checkout with `cirlab.utils.threads` (the cores available; idle threads sleep at once). The
 parent's OMP_WAIT_POLICY, GOMP_SPINCOUNT, KMP_BLOCKTIME, OMP_NUM_THREADS and MKL_NUM_THREADS are removed from
 both; `--env KEY=VALUE` (repeatable) sets a variable for both sides (e.g. `--env OMP_WAIT_POLICY=PASSIVE` gives
-both the same wait), `--threads N` both the same thread count. The old commit has no --precision: bf16 runs
-only on this checkout and is compared with the old fp32.
+both the same wait), `--new-env KEY=VALUE` for this checkout only (e.g. a candidate wait policy,
+`--new-env GOMP_SPINCOUNT=10000`), `--threads N` both the same thread count. The old commit has no --precision:
+bf16 runs only on this checkout and is compared with the old fp32.
 
 Prints one line per run, then per encoder and precision the median samples/s of each side, new/old (the ratio
 of the medians, with the per-round range), and new/reference = new/old x 74.5/70.2: the issue's figures for
@@ -100,6 +101,8 @@ def run_one(side: str, src: Path, encoder: str, precision: str, data: Path, args
             env_extra: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     env.update(env_extra)
+    if side == "new":
+        env.update(dict(item.split("=", 1) for item in args.new_env))
     env["PYTHONPATH"] = str(src)
     cmd = [sys.executable, __file__, "--child", "--data", str(data), "--encoder", encoder, "--precision", precision,
            "--batch-size", str(args.batch_size), "--iters", str(args.iters), "--warmup", str(args.warmup)]
@@ -130,6 +133,8 @@ def main() -> int:
     ap.add_argument("--train-images", type=int, default=600)
     ap.add_argument("--threads", type=int, default=None, help="the same torch thread count on both sides")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="for both sides (repeatable)")
+    ap.add_argument("--new-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="for this checkout only, after --env (repeatable)")
     args = ap.parse_args()
     if args.child:
         return child(args)
@@ -142,7 +147,8 @@ def main() -> int:
 
     print(f"# old ({args.old_src or args.old_rev}) vs new ({REPO}) training, TIRG, CSS 64 px, batch {args.batch_size}, "
           f"{args.iters} timed iterations after {args.warmup}, {args.rounds} rounds; {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, env for both: {env_extra or 'none'}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+          f"{os.cpu_count()} CPUs, env for both: {env_extra or 'none'}, for new only: {args.new_env or 'none'}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -181,6 +187,7 @@ def main() -> int:
             print(f"| {encoder} | {precision} | {row['old_samples_s']:.1f} | {row['new_samples_s']:.1f} | "
                   f"{ratio:.3f} ({min(per_round):.3f}-{max(per_round):.3f}) | {reference} |")
     print(json.dumps({"bench": "train_vs_old", "old": args.old_src or args.old_rev, "env": env_extra,
+                      "new_env": args.new_env,
                       "factor_old_over_reference": round(factor, 4), "rows": summary, "runs": runs}))
     return 0
 
