@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cirlab.datasets import DATASETS
+from cirlab.inference.precision import PRECISIONS
 from cirlab.models import ModelConfig
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.fields import check_fields
@@ -13,7 +14,6 @@ from cirlab.utils.fields import check_fields
 AUGMENTS = ("none", "crop_flip")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PADS = ("none", "target_pad", "square_pad")
-PRECISIONS = ("fp32", "bf16", "fp16")
 POSITIVE = ("iters", "batch_size", "lr", "lr_decay", "adam_eps", "log_every", "eval_batch_size")
 NON_NEGATIVE = ("epochs", "lr_decay_epochs", "lr_decay_until_epochs", "lr_decay_every", "lr_decay_until", "momentum",
                 "weight_decay", "grad_clip", "eval_every", "checkpoint_every", "workers", "image_size", "minutes")
