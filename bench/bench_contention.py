@@ -1,24 +1,28 @@
 """Training throughput under CPU contention: quiet, then beside competing processes, per thread policy.
 
-Generates a small CSS set, then times N iterations of TIRG (small_cnn, batch 32, the trainer's own batches) in a
-fresh subprocess per (policy, condition). The competitors are started (and stopped) by this script:
+Generates a small CSS set, then times N iterations of TIRG (`--encoder`, default small_cnn, batch 32, the
+trainer's own batches) in a fresh subprocess per (policy, condition). The competitors are started (and stopped)
+by this script:
 
 * `busy`: a single-threaded Python busy loop;
 * `torch`: a torch process multiplying 1024 x 1024 matrices with torch's default threads and wait policy;
 * `busy+torch`, `torch+torch`: two of them at once.
 
 Policies: `old` = torch's defaults (every core, idle OpenMP threads spin); `new` = cirlab's policy
-(`cirlab.utils.threads`: idle threads sleep, one inter-op thread, the cores available). A policy may carry
-variations after a colon, `;`-separated: `threads=N` (`--threads N` for `new`, `torch.set_num_threads(N)` for `old`) or
-any environment variable, e.g. `old:GOMP_SPINCOUNT=10000` or `new:threads=1`.
+(`cirlab.utils.threads`: the cores available, one inter-op thread, torch's spinning wait, and the governor that
+drops to one thread while other processes use the CPUs; the worker calls `tick()` once per step as the trainer
+does). A policy may carry variations after a colon, `;`-separated: `threads=N` (`--threads N` for `new`,
+`torch.set_num_threads(N)` for `old`) or any environment variable, e.g. `old:GOMP_SPINCOUNT=10000`,
+`new:threads=1`, or `new:CIRLAB_ADAPTIVE_THREADS=0` (no governor: idle threads sleep at once, the policy before).
 
-Prints one markdown row per run (iterations/s and the ratio to the same policy's quiet run), the targets
-(new policy: >= 40% of quiet beside one competitor of either kind, quiet throughput within 10% of old), and
-the whole result as one JSON line at the end. `--cores N` pins this run and its competitors to N CPUs, to
+Prints one markdown row per (policy, condition): the median iterations/s over `--rounds` runs (policies take
+turns within each round), the ratio to the same policy's quiet median and how often the governor switched; then
+the targets (new policy: >= 40% of quiet beside one competitor of either kind, quiet throughput within 10% of
+old) and the whole result as one JSON line. `--cores N` pins this run and its competitors to N CPUs, to
 reproduce a small machine on a big one. The old policy can collapse far below fair share (on 2 pinned cores of a
 16-core host, beside the busy loop: 0.087 of quiet), so its contended rows take the longest.
 
-    python bench/bench_contention.py [--iters 60] [--cores 2] [--policies old,new]
+    python bench/bench_contention.py [--iters 60] [--rounds 3] [--encoder resnet18] [--cores 2] [--policies old,new]
     python bench/bench_contention.py --iters 5 --train-images 100   # smoke test
 """
 
@@ -28,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,7 +86,7 @@ def worker(args: argparse.Namespace) -> int:
     import torch
 
     if base == "new":
-        from cirlab.utils.threads import apply_thread_policy
+        from cirlab.utils.threads import apply_thread_policy, governor, tick
 
         policy = apply_thread_policy(threads, announce=False).describe()
     else:
@@ -94,7 +99,7 @@ def worker(args: argparse.Namespace) -> int:
     from cirlab.training.run_dir import make_transform, open_dataset
     from cirlab.training.trainer import PairBatches, make_optimizer
 
-    config = TrainConfig(data_root=args.data, model=ModelConfig(name="tirg", image_encoder="small_cnn"),
+    config = TrainConfig(data_root=args.data, model=ModelConfig(name="tirg", image_encoder=args.encoder),
                          batch_size=args.batch_size, device="cpu")
     dataset = open_dataset(config, "train")
     torch.manual_seed(0)
@@ -113,8 +118,12 @@ def worker(args: argparse.Namespace) -> int:
         optimizer.zero_grad(set_to_none=True)
         model.total_loss(terms).backward()
         optimizer.step()
+        if base == "new":
+            tick()  # as the trainer does: the governor may change the thread count
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "it_s": args.iters / seconds, "threads": policy}))
+    gov = governor() if base == "new" else None
+    print(json.dumps({"seconds": seconds, "it_s": args.iters / seconds, "threads": policy,
+                      "switches": gov.switches if gov else 0, "threads_at_end": torch.get_num_threads()}))
     return 0
 
 
@@ -143,7 +152,8 @@ def measure(policy: str, condition: str, data: Path, args: argparse.Namespace, c
     try:
         time.sleep(args.settle)
         out = subprocess.run([sys.executable, __file__, "--worker", policy, "--data", str(data), "--iters",
-                              str(args.iters), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)],
+                              str(args.iters), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                               "--encoder", args.encoder],
                              capture_output=True, text=True, env=child_env(env), preexec_fn=pin(cpus))
     finally:
         stop(competitors)
@@ -170,8 +180,10 @@ def targets(rows: list[dict], policies: list[str]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=1, help="runs per (policy, condition); the table gives medians")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--encoder", default="small_cnn", help="TIRG's image encoder (small_cnn, resnet18, ...)")
     ap.add_argument("--policies", default="old,new", help="comma-separated policy specs (see the docstring)")
     ap.add_argument("--conditions", default="quiet,busy,torch,busy+torch", help=", ".join(CONDITIONS))
     ap.add_argument("--cores", type=int, default=0, help="pin everything to the first N CPUs (0: all)")
@@ -194,24 +206,33 @@ def main() -> int:
     cpus = sorted(os.sched_getaffinity(0))[:args.cores] if args.cores else None
     from cirlab.datasets.css_synth import CSSSynthConfig, generate_css
 
-    print(f"# contention bench: TIRG small_cnn, CSS 64x64, batch {args.batch_size}, {args.iters} iterations "
+    print(f"# contention bench: TIRG {args.encoder}, CSS 64x64, batch {args.batch_size}, {args.iters} iterations "
           f"(+{args.warmup} warm-up); {platform.machine()}, {len(cpus) if cpus else os.cpu_count()} CPUs used"
           f"{f' (pinned to {cpus})' if cpus else ''}, python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    print("| policy | condition | it/s | ratio to quiet | threads |\n|---|---|---|---|---|", flush=True)
-    rows: list[dict] = []
+    print("| policy | condition | it/s (median) | runs | ratio to quiet | thread switches | threads |\n"
+          "|---|---|---|---|---|---|---|", flush=True)
+    runs: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         generate_css(tmp, CSSSynthConfig(seed=0, train_images=args.train_images, test_images=20), progress=False)
-        for policy in policies:
-            quiet = None
+        for _ in range(args.rounds):  # policies alternate within each condition, so drift falls on all alike
             for condition in conditions:
-                r = measure(policy, condition, Path(tmp), args, cpus)
-                quiet = r["it_s"] if condition == "quiet" else quiet
-                r["ratio"] = round(r["it_s"] / quiet, 3) if quiet else None
-                r["it_s"], r["seconds"] = round(r["it_s"], 3), round(r["seconds"], 2)
-                rows.append(r)
-                print(f"| {policy} | {condition} | {r['it_s']:.2f} | {r['ratio'] if r['ratio'] is not None else '-'} "
-                      f"| {r['threads']} |", flush=True)
+                for policy in policies:
+                    runs.setdefault((policy, condition), []).append(measure(policy, condition, Path(tmp), args, cpus))
+    rows: list[dict] = []
+    for policy in policies:
+        quiet = None
+        for condition in conditions:
+            got = runs[(policy, condition)]
+            it_s = statistics.median(r["it_s"] for r in got)
+            quiet = it_s if condition == "quiet" else quiet
+            r = {"policy": policy, "condition": condition, "it_s": round(it_s, 3),
+                 "runs": [round(g["it_s"], 3) for g in got], "ratio": round(it_s / quiet, 3) if quiet else None,
+                 "switches": [g.get("switches", 0) for g in got], "threads": got[0]["threads"]}
+            rows.append(r)
+            print(f"| {policy} | {condition} | {it_s:.2f} | {', '.join(f'{v:.2f}' for v in r['runs'])} | "
+                  f"{r['ratio'] if r['ratio'] is not None else '-'} | {', '.join(map(str, r['switches']))} | "
+                  f"{r['threads']} |", flush=True)
     result = {"bench": "contention", "iters": args.iters, "cpus": cpus or os.cpu_count(), "rows": rows,
               "targets": targets(rows, policies)}
     for key, value in result["targets"].items():

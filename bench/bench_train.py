@@ -8,12 +8,13 @@ four parts: batch load (sampling, images, normalisation), forward (encoders, com
 backward (zero_grad + backward) and optimiser step (`optimizer`). The table gives the median of each part (ms)
 and samples/s = batch / median step time.
 
-Threads follow cirlab's CLI policy (`cirlab.utils.threads`: the cores available, idle OpenMP threads sleep at once;
-`--threads N` overrides the count; setting OMP_WAIT_POLICY, GOMP_SPINCOUNT or KMP_BLOCKTIME in the environment
-overrides the wait, e.g. `OMP_WAIT_POLICY=ACTIVE` for torch's spinning). `--precision bf16` is the CPU's opt-in
-bfloat16 autocast (parameters and optimiser stay float32). `--memory-format contiguous,channels_last` adds rows
-with the image encoder and its batches in channels_last memory format: an A/B experiment, the trainer does not
-use it. Prints a markdown table and one JSON line.
+Threads follow cirlab's CLI policy (`cirlab.utils.threads`: the cores available, torch's spinning wait, or idle
+threads sleeping at once where the governor cannot watch the CPUs); this bench measures quiet speed, so it never
+lets the governor switch (bench_contention.py does). `--threads N` overrides the count; OMP_WAIT_POLICY,
+GOMP_SPINCOUNT or KMP_BLOCKTIME in the environment override the wait, e.g. `OMP_WAIT_POLICY=PASSIVE`.
+`--precision bf16` is the CPU's opt-in bfloat16 autocast (parameters and optimiser stay float32).
+`--memory-format contiguous,channels_last` adds rows with the image encoder and its batches in channels_last
+memory format: an A/B experiment, the trainer does not use it. Prints a markdown table and one JSON line.
 
     python bench/bench_train.py [--iters 30] [--encoders small_cnn,resnet18] [--precision fp32,bf16]
         [--memory-format contiguous,channels_last]

@@ -9,7 +9,8 @@ until the end) and its samples/s is read off the trainer's own history: the iter
 the elapsed time between those two log points.
 
 Threads: each side as its `cirlab train` runs it: the old commit with torch's defaults (every core; idle OpenMP
-threads spin), this checkout with `cirlab.utils.threads` (the cores available; idle threads sleep at once). The
+threads spin), this checkout with `cirlab.utils.threads` (the cores available, torch's spinning wait, one thread
+while other processes use the CPUs; idle threads sleep at once where that governor cannot watch). The
 parent's OMP_WAIT_POLICY, GOMP_SPINCOUNT, KMP_BLOCKTIME, OMP_NUM_THREADS and MKL_NUM_THREADS are removed from
 both; `--env KEY=VALUE` (repeatable) sets a variable for both sides (e.g. `--env OMP_WAIT_POLICY=PASSIVE` gives
 both the same wait), `--new-env KEY=VALUE` for this checkout only (e.g. a candidate wait policy,

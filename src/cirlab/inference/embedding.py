@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cirlab.inference import distributed
 from cirlab.inference.precision import autocast
 from cirlab.utils.errors import CirlabError
+from cirlab.utils.threads import tick
 
 Features = Any  # a tensor, or a dict of tensors (encoder outputs of models that need maps or tokens)
 EncodeFn = Callable[[list[int]], Features]
@@ -42,6 +43,8 @@ def map_batches(rows: Sequence[int], encode: EncodeFn, batch_size: int, device: 
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
         with autocast(device, precision):
             out = encode(rows[start:start + batch_size])
+        if device.type == "cpu":
+            tick()  # fewer torch threads while other processes use the CPUs (cirlab.utils.threads)
         yield start, out
 
 

@@ -44,7 +44,7 @@ from cirlab.training.run_dir import (
 from cirlab.utils.device import resolve_device
 from cirlab.utils.errors import CirlabError
 from cirlab.utils.io import write_json_atomic
-from cirlab.utils.threads import available_cores
+from cirlab.utils.threads import available_cores, tick
 
 EvalFn = Callable[[CompositionModel], dict[str, Any]]
 
@@ -280,6 +280,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if self.device.type == "cpu":
+                    tick()  # fewer torch threads while other processes use the CPUs (cirlab.utils.threads)
                 iteration += 1
                 self.elapsed = time.perf_counter() - started
                 bar.update(1)
