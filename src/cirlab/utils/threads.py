@@ -208,13 +208,14 @@ class ThreadGovernor:
 
     def tick(self) -> int:
         """Look at the CPUs when `interval` has passed; returns the thread count now in force."""
-        if self.watch.clock() < self.next_look:
+        now = self.watch.clock()
+        if now < self.next_look:
             return self.threads
+        self.next_look = now + self.interval
         try:
             _, others = self.watch.others()
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError):  # e.g. /proc/stat lost a CPU line (hot-unplug): keep the count
             return self.threads
-        self.next_look = self.watch.clock() + self.interval
         want = 1 if others >= self.enter else self.high if others <= self.leave else self.threads
         if want != self.threads:
             self.set_threads(want)
@@ -274,8 +275,8 @@ def positive_int(text: str) -> int:
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """`--threads N` for a command that runs a model (applied by `cirlab.cli.main` before the command runs)."""
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                        help="CPU threads for torch (default: the cores this process may use; "
-                             "idle threads sleep instead of spinning, see cirlab.utils.threads)")
+                        help="CPU threads for torch (default: the cores this process may use; one while "
+                             "other processes use those CPUs, see cirlab.utils.threads)")
 
 
 def apply_from_args(args: argparse.Namespace) -> ThreadPolicy | None:
