@@ -181,13 +181,12 @@ class CpuWatch:
     def sample(self) -> tuple[float, float, float]:
         return self.clock(), self.busy_seconds(), self.own_seconds()
 
-    def others(self) -> tuple[float, float]:
-        """(seconds since the last call, cores' worth of CPU that others used in them)."""
+    def others(self) -> float:
+        """Cores' worth of CPU that others used since the last call."""
         now = self.sample()
         (t0, busy0, own0), (t1, busy1, own1) = self.last, now
         self.last = now
-        wall = max(t1 - t0, 1e-9)
-        return wall, max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(t1 - t0, 1e-9)
 
 
 class ThreadGovernor:
@@ -213,7 +212,7 @@ class ThreadGovernor:
             return self.threads
         self.next_look = now + self.interval
         try:
-            _, others = self.watch.others()
+            others = self.watch.others()
         except (OSError, ValueError, KeyError):  # e.g. /proc/stat lost a CPU line (hot-unplug): keep the count
             return self.threads
         want = 1 if others >= self.enter else self.high if others <= self.leave else self.threads
@@ -234,9 +233,9 @@ def governor() -> ThreadGovernor | None:
 
 def tick() -> None:
     """Once per batch of a long loop (training, embedding): lets the governor adapt the thread count."""
-    gov = _state.get("governor")
+    gov = governor()
     if gov is not None:
-        gov.tick()  # type: ignore[union-attr]
+        gov.tick()
 
 
 def apply_thread_policy(requested: int | None = None, announce: bool = True,
