@@ -13,13 +13,13 @@ The policy, chosen once at the start of a command:
   affinity, capped by a cgroup CPU quota). A program that imported torch before cirlab keeps its own count;
 * one inter-op thread: eager training and evaluation never use torch's inter-op pool;
 * idle OpenMP threads keep torch's default (a short spin, the fastest on a quiet machine), and a
-  `ThreadGovernor` watches the CPUs: while other processes (or the hypervisor's steal) take more than a
-  third of a core on them, torch computes with one thread (no team, no barrier to wait at), and it goes back
-  to N threads when they are free again. The training loop and the batched embedding loop call `tick()`
-  once per batch; it samples `/proc/stat` at most once a second. Measured with `bench/bench_contention.py`.
+  `ThreadGovernor` watches the CPUs: while other processes (or the hypervisor's steal) take 0.3 cores or
+  more on them, torch computes with one thread (no team, no barrier to wait at), and it goes back
+  to N threads below 0.15 cores. The training loop and the batched embedding loop call `tick()` once per
+  batch; it samples `/proc/stat` at most once a second. Measured with `bench/bench_contention.py`;
 * where the governor cannot watch (no `/proc/stat`, a cgroup quota smaller than the CPU set, whose
   `/proc/stat` counts other containers, or `CIRLAB_ADAPTIVE_THREADS=0`) idle threads sleep at once instead
-  (`OMP_WAIT_POLICY=PASSIVE`): no cliff under load, at 2-15% of quiet speed. A user's `OMP_WAIT_POLICY`,
+  (`OMP_WAIT_POLICY=PASSIVE`): no cliff under load, at a cost of 2-15% of quiet speed. A user's `OMP_WAIT_POLICY`,
   `GOMP_SPINCOUNT` or `KMP_BLOCKTIME` is always left alone. OpenMP reads these only when torch is first
   imported, so `prepare_environment()` must run before that (`cirlab.cli.main` does).
 
