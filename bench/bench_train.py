@@ -14,10 +14,11 @@ lets the governor switch (bench_contention.py does). `--threads N` overrides the
 GOMP_SPINCOUNT or KMP_BLOCKTIME in the environment override the wait, e.g. `OMP_WAIT_POLICY=PASSIVE`.
 `--precision bf16` is the CPU's opt-in bfloat16 autocast (parameters and optimiser stay float32).
 `--memory-format contiguous,channels_last` adds rows with the image encoder and its batches in channels_last
-memory format: an A/B experiment, the trainer does not use it. Prints a markdown table and one JSON line.
+memory format: an A/B experiment, the trainer does not use it. `--distinct-images off,on` adds rows that encode
+each distinct image of a batch once (`cirlab train --distinct-images`). Prints a markdown table and one JSON line.
 
     python bench/bench_train.py [--iters 30] [--encoders small_cnn,resnet18] [--precision fp32,bf16]
-        [--memory-format contiguous,channels_last]
+        [--memory-format contiguous,channels_last] [--distinct-images off,on]
     python bench/bench_vs_old.py ...   # the same training, old commit against this one, side by side
 """
 
@@ -73,8 +74,7 @@ class Row:
         self.next_batch += 1
         t1 = time.perf_counter()
         with autocast(cpu, self.precision):
-            terms = model.training_losses(model.encode_image(src), model.encode_text(texts), model.encode_image(tgt),
-                                          loss_fn)
+            terms = model.training_losses(*self.batches.features(model, (src, texts, tgt), cpu), loss_fn)
             loss = model.total_loss(terms)
         t2 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -88,11 +88,13 @@ class Row:
         medians = {p: statistics.median(t[i] for t in self.times) for i, p in enumerate(PARTS)}
         step = statistics.median(sum(t) for t in self.times)
         return {"encoder": self.encoder, "precision": self.precision, "channels_last": self.channels_last,
+                "distinct_images": self.batches.distinct,
                 "iters": len(self.times), "samples_s": round(batch / step, 1), "step_ms": round(1000 * step, 1),
                 **{f"{p}_ms": round(1000 * v, 1) for p, v in medians.items()}}
 
 
-def make_row(root: Path, encoder: str, precision: str, model_name: str, batch: int, channels_last: bool) -> Row:
+def make_row(root: Path, encoder: str, precision: str, model_name: str, batch: int, channels_last: bool,
+             distinct: bool) -> Row:
     config = TrainConfig(data_root=str(root), model=ModelConfig(name=model_name, image_encoder=encoder),
                          batch_size=batch, device="cpu", precision=precision)
     dataset = open_dataset(config, "train")
@@ -102,7 +104,8 @@ def make_row(root: Path, encoder: str, precision: str, model_name: str, batch: i
         model.image_encoder.to(memory_format=torch.channels_last)
     model.train()
     return Row(encoder, precision, model, make_optimizer(config, model),
-               PairBatches(dataset, make_transform(config, model, train=True), batch, seed=0), channels_last)
+               PairBatches(dataset, make_transform(config, model, train=True), batch, seed=0, distinct=distinct),
+               channels_last)
 
 
 def run(rows: list[Row], loss_fn: object, warmup: int, iters: int, block: int) -> None:
@@ -127,6 +130,7 @@ def main() -> int:
     ap.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (CPU autocast, opt-in)")
     ap.add_argument("--memory-format", default="contiguous",
                     help="comma list of contiguous, channels_last (experiment: encoder and batches)")
+    ap.add_argument("--distinct-images", default="off", help="comma list of off, on (--distinct-images of train)")
     ap.add_argument("--train-images", type=int, default=600, help="size of the generated CSS train split")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cirlab's policy)")
     args = ap.parse_args()
@@ -138,20 +142,24 @@ def main() -> int:
     formats = args.memory_format.split(",")
     if not set(formats) <= {"contiguous", "channels_last"}:
         raise SystemExit(f"--memory-format: contiguous or channels_last, not {args.memory_format!r}")
+    distinct = args.distinct_images.split(",")
+    if not set(distinct) <= {"off", "on"}:
+        raise SystemExit(f"--distinct-images: off or on, not {args.distinct_images!r}")
     policy = apply_thread_policy(args.threads, announce=False)
     print(f"# train bench: {args.model}, CSS 64x64, batch {args.batch_size}, {args.iters} timed steps per row "
           f"(medians); {platform.machine()}, {policy.describe()}, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory() as tmp:
         generate_css(tmp, CSSSynthConfig(seed=0, train_images=args.train_images, test_images=20), progress=False)
-        rows = [make_row(Path(tmp), e, p, args.model, args.batch_size, f == "channels_last")
-                for e in args.encoders.split(",") for p in precisions for f in formats]
+        rows = [make_row(Path(tmp), e, p, args.model, args.batch_size, f == "channels_last", d == "on")
+                for e in args.encoders.split(",") for p in precisions for f in formats for d in distinct]
         run(rows, LOSSES.get(TrainConfig().loss), args.warmup, args.iters, args.block)
     results = [r.summary(args.batch_size) for r in rows]
-    print("| image encoder | precision | memory format | samples/s | step (ms) | batch load | forward | backward | "
-          "optimiser step |\n|---|---|---|---|---|---|---|---|---|")
+    print("| image encoder | precision | memory format | distinct images | samples/s | step (ms) | batch load "
+          "| forward | backward | optimiser step |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['encoder']} | {r['precision']} | {'channels_last' if r['channels_last'] else 'contiguous'} | "
+        layout = "channels_last" if r["channels_last"] else "contiguous"
+        print(f"| {r['encoder']} | {r['precision']} | {layout} | {'on' if r['distinct_images'] else 'off'} | "
               f"{r['samples_s']:.1f} | {r['step_ms']:.1f} | {r['load_ms']:.1f} | {r['forward_ms']:.1f} | "
               f"{r['backward_ms']:.1f} | {r['optimizer_ms']:.1f} |", flush=True)
     print(json.dumps({"bench": "train", "threads": policy.describe(), "batch_size": args.batch_size,

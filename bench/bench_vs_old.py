@@ -15,7 +15,8 @@ parent's OMP_WAIT_POLICY, GOMP_SPINCOUNT, KMP_BLOCKTIME, OMP_NUM_THREADS and MKL
 both; `--env KEY=VALUE` (repeatable) sets a variable for both sides (e.g. `--env OMP_WAIT_POLICY=PASSIVE` gives
 both the same wait), `--new-env KEY=VALUE` for this checkout only (e.g. a candidate wait policy,
 `--new-env GOMP_SPINCOUNT=10000`), `--threads N` both the same thread count. The old commit has no --precision:
-bf16 runs only on this checkout and is compared with the old fp32.
+bf16 runs only on this checkout and is compared with the old fp32; so does a `+distinct` variant (`fp32+distinct`,
+`bf16+distinct`: this checkout's `--distinct-images`).
 
 Prints one line per run, then per encoder and precision the median samples/s of each side, new/old (the ratio
 of the medians, with the per-round range), and new/reference = new/old x 74.5/70.2: the issue's figures for
@@ -67,7 +68,12 @@ def child(args: argparse.Namespace) -> int:
     from cirlab.training import TrainConfig
     from cirlab.training.trainer import Trainer
 
-    extra = {"precision": args.precision} if args.precision != "fp32" else {}  # the old TrainConfig has none
+    precision, _, variant = args.precision.partition("+")  # e.g. "bf16+distinct": --distinct-images too
+    extra: dict = {"precision": precision} if precision != "fp32" else {}  # the old TrainConfig has neither
+    if variant == "distinct":
+        extra["distinct_images"] = True
+    elif variant:
+        raise SystemExit(f"unknown variant {variant!r} in {args.precision!r}: the one variant is +distinct")
     config = TrainConfig(data_root=args.data, model=ModelConfig(name="tirg", image_encoder=args.encoder),
                          batch_size=args.batch_size, iters=args.warmup + args.iters, log_every=args.warmup,
                          checkpoint_every=0, device="cpu", **extra)
@@ -126,7 +132,9 @@ def main() -> int:
     ap.add_argument("--old-src", help="folder holding the old commit's src/cirlab (default: git archive --old-rev)")
     ap.add_argument("--old-rev", default=OLD_REV)
     ap.add_argument("--encoders", default="resnet18,small_cnn")
-    ap.add_argument("--precision", default="fp32", help="this checkout's precisions, comma list (fp32, bf16)")
+    ap.add_argument("--precision", default="fp32",
+                    help="this checkout's precisions, comma list (fp32, bf16; a +distinct suffix adds "
+                         "--distinct-images, e.g. bf16+distinct)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=40, help="timed iterations per run")
     ap.add_argument("--warmup", type=int, default=5, help="iterations before the timed ones")

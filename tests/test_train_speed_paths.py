@@ -171,9 +171,9 @@ def _bench(script: str, *args: str) -> dict:
 def test_bench_train_reports_every_row_and_the_step_breakdown() -> None:
     result = _bench("bench_train.py", "--iters", "2", "--warmup", "1", "--block", "1", "--batch-size", "4",
                     "--train-images", "40", "--encoders", "small_cnn", "--precision", "fp32,bf16",
-                    "--memory-format", "contiguous,channels_last", "--threads", "1")
-    rows = {(r["precision"], r["channels_last"]): r for r in result["rows"]}
-    assert set(rows) == {(p, c) for p in ("fp32", "bf16") for c in (False, True)}
+                    "--memory-format", "contiguous,channels_last", "--distinct-images", "off,on", "--threads", "1")
+    rows = {(r["precision"], r["channels_last"], r["distinct_images"]): r for r in result["rows"]}
+    assert set(rows) == {(p, c, d) for p in ("fp32", "bf16") for c in (False, True) for d in (False, True)}
     for r in rows.values():
         assert r["iters"] == 2 and r["samples_s"] > 0
         assert all(r[f"{part}_ms"] > 0 for part in ("load", "forward", "backward", "optimizer"))

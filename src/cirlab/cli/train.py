@@ -95,6 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the image path and composition head (eager, with a warning, if it fails)")
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this much training time")
+    p.add_argument("--distinct-images", action="store_true",
+                   help="encode each distinct image of a batch once (paired sampling repeats sources; same training "
+                        "up to float rounding, opt-in; see cirlab.training.distinct)")
     p.add_argument("--feature-cache", action="store_true",
                    help="frozen encoders: encode every image and text once into the run directory, train on that")
     p.add_argument("--eval-split", default=None, help="split evaluated during/after training")
@@ -162,6 +165,7 @@ def config_from_args(args: argparse.Namespace, seed: seed_flags.SeedRun | None =
         model=model_config_from_args(args, seed), grad_clip=args.grad_clip,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, pad=args.pad, minutes=args.minutes,
         comment=args.comment or seed.train.get("comment", ""), device=args.device, feature_cache=args.feature_cache,
+        distinct_images=args.distinct_images,
         lr_decay_until=args.lr_decay_until, **settings)
 
 

@@ -60,6 +60,7 @@ class TrainConfig:
     comment: str = ""
     precision: str = "fp32"  # "fp32", "bf16" or "fp16" (CUDA only): autocast of the forward passes
     compile: bool = False  # torch.compile the image path and composition head (eager after a failure)
+    distinct_images: bool = False  # encode a batch's repeated images once (training/distinct.py; opt-in, not bitwise)
 
     def __post_init__(self) -> None:
         """Validation lives here, so that Python users get the same checks as the CLI."""
@@ -74,6 +75,8 @@ class TrainConfig:
                               ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise CirlabError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.distinct_images and (self.compile or self.feature_cache):
+            raise CirlabError("distinct_images does not combine with compile or feature_cache: choose one")
         for name in POSITIVE:
             if not getattr(self, name) > 0:
                 raise CirlabError(f"{name} must be positive, not {getattr(self, name)!r}")

@@ -30,6 +30,7 @@ from cirlab.losses import LOSSES
 from cirlab.models import CompositionModel, build_model
 from cirlab.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from cirlab.training.config import TrainConfig
+from cirlab.training.distinct import encode_distinct, supports_distinct
 from cirlab.training.feature_cache import CachedPairBatches
 from cirlab.training.precision import compile_model, grad_scaler
 from cirlab.training.run_dir import (
@@ -62,9 +63,9 @@ class PairBatches(Dataset):
     fill a copy of its own)."""
 
     def __init__(self, dataset: CIRDataset, transform: ImageTransform, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, pixel_cache: bool = True) -> None:
+                 rank: int = 0, world_size: int = 1, pixel_cache: bool = True, distinct: bool = False) -> None:
         self.dataset, self.transform, self.batch_size, self.seed = dataset, transform, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.distinct = rank, world_size, distinct
         self.pixels = (PixelCache(transform, dataset.load_image, len(dataset))
                        if pixel_cache and PixelCache.fits(transform, len(dataset)) else None)
 
@@ -83,10 +84,13 @@ class PairBatches(Dataset):
 
     def features(self, model: CompositionModel, batch: tuple[torch.Tensor, list[str], torch.Tensor],
                  device: torch.device) -> tuple[Any, Any, Any]:
-        """Encode one batch: (source features, text features, target features)."""
-        src, texts, tgt = batch
-        return (model.encode_image(src.to(device, non_blocking=True)), model.encode_text(texts),
-                model.encode_image(tgt.to(device, non_blocking=True)))
+        """Encode one batch: (source features, text features, target features); with `distinct`, each distinct
+        image of a side once (`cirlab.training.distinct`)."""
+        src, texts, tgt = (x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x for x in batch)
+        if self.distinct:
+            return (encode_distinct(model.encode_image, model.image_encoder, src), model.encode_text(texts),
+                    encode_distinct(model.encode_image, model.image_encoder, tgt))
+        return model.encode_image(src), model.encode_text(texts), model.encode_image(tgt)
 
 
 def make_optimizer(config: TrainConfig, model: CompositionModel) -> torch.optim.Optimizer:
@@ -240,8 +244,12 @@ class Trainer:
                                         cfg.train_split, self.dataset.train_texts(), self.progress)
             batches = CachedPairBatches(self.dataset, cache, cfg.batch_size, cfg.seed)
         else:
+            if cfg.distinct_images and not supports_distinct(self.model.image_encoder):
+                raise CirlabError("--distinct-images: this image encoder has dropout or a cumulative batch norm, so "
+                                  "one copy per image is not the same training; leave the flag out")
             batches = PairBatches(self.dataset, make_transform(cfg, self.model, train=True), cfg.batch_size, cfg.seed,
-                                  self.ctx.rank, self.ctx.world_size, pixel_cache=self.loader_workers() == 0)
+                                  self.ctx.rank, self.ctx.world_size, pixel_cache=self.loader_workers() == 0,
+                                  distinct=cfg.distinct_images)
         self.batches = batches
         if cfg.compile:
             compile_model(self.model)
